@@ -1,0 +1,88 @@
+"""The generator contract.
+
+A generator is an ``nn.Module`` that holds trainable latent parameters and draws an image from them.
+
+- ``__init__(size, init_image=None, **options)``: ``size`` is ``(width, height)`` in pixels of the output;
+  ``init_image`` is an optional NCHW float tensor in [0, 1] (any size: the generator resizes it) that the
+  latent starts from; ``options`` are generator-specific keyword options (strings from the CLI are parsed by
+  the generator).
+- ``forward()`` takes no argument and returns an NCHW float tensor in [0, 1] of shape ``(1, 3, height, width)``,
+  differentiable with respect to the trainable parameters.
+- ``post_step()`` is called by the optimizer after each optimizer step (e.g. to clamp latents). The default
+  does nothing.
+
+The optimizer optimizes ``generator.parameters()`` that require grad, calls ``forward()`` and ``post_step()``,
+and nothing else. Frozen parts (decoders, codebooks) must have ``requires_grad=False``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ClipstudioError
+
+
+class Generator(nn.Module):
+    """Base class for generators; see the module docstring for the contract."""
+
+    def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None, **options: Any):
+        super().__init__()
+        width, height = validate_size(size)
+        self.width, self.height = width, height
+        if options:
+            raise ClipstudioError(
+                f"generator '{type(self).__name__}' has no option(s): {', '.join(sorted(options))}"
+            )
+
+    def forward(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def post_step(self) -> None:
+        """Called after each optimizer step; override to project the latent back onto its valid set."""
+
+
+def validate_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Check a ``(width, height)`` pair and return it as ints; bad sizes raise a one-line error."""
+    try:
+        width, height = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ClipstudioError(f"size must be two integers WIDTH HEIGHT, got {size!r}") from None
+    if width < 8 or height < 8 or width > 4096 or height > 4096:
+        raise ClipstudioError(f"size must be between 8 and 4096 pixels a side, got {width}x{height}")
+    return width, height
+
+
+def resize_init(init_image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Resize an NCHW [0, 1] init image to the generator's output size."""
+    if init_image.dim() == 3:
+        init_image = init_image.unsqueeze(0)
+    if init_image.shape[-2:] != (height, width):
+        init_image = nn.functional.interpolate(
+            init_image, size=(height, width), mode="bicubic", align_corners=False, antialias=True
+        )
+    return init_image.clamp(0, 1)
+
+
+class ClampWithGrad(torch.autograd.Function):
+    """Clamp in the forward pass; in the backward pass let the gradient through only where it
+    points back into range (the VQGAN+CLIP trick, so clamped pixels can still recover)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        ctx.lo, ctx.hi = lo, hi
+        ctx.save_for_backward(x)
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # A descent step moves x by -grad: keep the gradient where that step re-enters [lo, hi].
+        inward = (grad * (x - x.clamp(ctx.lo, ctx.hi))) >= 0
+        return grad * inward, None, None
+
+
+def clamp_with_grad(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """Clamp ``x`` to [lo, hi] with the inward-only gradient of :class:`ClampWithGrad`."""
+    return ClampWithGrad.apply(x, lo, hi)

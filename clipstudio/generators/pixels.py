@@ -1,0 +1,76 @@
+"""The ``pixels`` generator: raw RGB, or a Fourier-space, colour-decorrelated image (Olah et al. 2017,
+"Feature Visualization"; Mordvintsev et al. 2018, "Differentiable Image Parameterizations")."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ClipstudioError
+from .base import Generator, clamp_with_grad, resize_init
+
+# Square root of the colour correlation of ImageNet, from lucid; columns are scaled to unit max norm.
+_COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR_CORRELATION = _COLOR_CORRELATION_SQRT / _COLOR_CORRELATION_SQRT.norm(dim=0).max()
+PARAMETRIZATIONS = ("fourier", "rgb")
+
+
+def rfft2d_freqs(height: int, width: int) -> torch.Tensor:
+    """Spatial frequency magnitude of each bin of an ``rfft2`` of a ``height`` x ``width`` image."""
+    fy = torch.fft.fftfreq(height)[:, None]
+    fx = torch.fft.rfftfreq(width)[None, :]
+    return (fx * fx + fy * fy).sqrt()
+
+
+def spectrum_scale(height: int, width: int, decay: float) -> torch.Tensor:
+    """Per-frequency scale ``1/f^decay``, so equal steps on every bin give natural-image-like 1/f spectra.
+
+    With an orthonormal inverse FFT this matches lucid's ``1/f^decay * sqrt(h*w)`` over an unnormalized one.
+    """
+    freqs = rfft2d_freqs(height, width).clamp(min=1.0 / max(height, width))
+    return freqs.pow(-decay)
+
+
+def _logit(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+class PixelGenerator(Generator):
+    """Optimizes the image itself, as RGB values or as a scaled spectrum of decorrelated colour channels."""
+
+    def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None,
+                 parametrization: str = "fourier", decay: float | str = 1.0, init_noise: float | str = 0.01,
+                 **options):
+        super().__init__(size, init_image, **options)
+        if parametrization not in PARAMETRIZATIONS:
+            raise ClipstudioError(
+                f"unknown pixels parametrization '{parametrization}'; choose one of: {', '.join(PARAMETRIZATIONS)}"
+            )
+        self.parametrization = parametrization
+        h, w = self.height, self.width
+        init = resize_init(init_image, w, h) if init_image is not None else None
+        if parametrization == "rgb":
+            start = init if init is not None else 0.5 + float(init_noise) * torch.randn(1, 3, h, w)
+            self.rgb = nn.Parameter(start.clone())
+            return
+        self.register_buffer("scale", spectrum_scale(h, w, float(decay)), persistent=False)
+        if init is None:
+            spectrum = float(init_noise) * torch.randn(1, 3, *self.scale.shape, dtype=torch.complex64)
+        else:
+            spectrum = self._image_to_spectrum(init)
+        self.spectrum = nn.Parameter(torch.view_as_real(spectrum).contiguous())
+
+    def _decorrelated_to_rgb(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ij,njhw->nihw", COLOR_CORRELATION.to(t), t)
+
+    def _image_to_spectrum(self, image: torch.Tensor) -> torch.Tensor:
+        # Invert forward(): sigmoid, colour mixing, inverse FFT, and the /4 and 1/f scaling.
+        decorrelated = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_CORRELATION), _logit(image))
+        return torch.fft.rfft2(decorrelated * 4.0, norm="ortho") / self.scale
+
+    def forward(self) -> torch.Tensor:
+        if self.parametrization == "rgb":
+            return clamp_with_grad(self.rgb)
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        image = torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho") / 4.0
+        return torch.sigmoid(self._decorrelated_to_rgb(image))

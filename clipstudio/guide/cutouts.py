@@ -1,0 +1,107 @@
+"""Cutouts: random-size square crops resized to CLIP's input, kornia augmentations, small noise.
+
+As in kornia, parameters are drawn apart from being applied: :meth:`Cutouts.draw` returns a
+:class:`CutoutParams` that :meth:`Cutouts.apply` replays exactly, so several losses (several CLIP models of
+an ensemble, say) see the same cutouts, and a step can be replayed.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ClipstudioError
+
+# Augmentation registry: name -> factory of a kornia augmentation. Flips are absent on purpose:
+# they would swap "left" and "right" in the prompt's meaning.
+AUGMENTS: dict[str, Callable[[], nn.Module]] = {}
+
+
+def _register_kornia_augments() -> None:
+    import kornia.augmentation as K
+
+    AUGMENTS.update({
+        "affine": lambda: K.RandomAffine(degrees=10, translate=0.05, scale=(0.9, 1.1), p=0.7, padding_mode="border"),
+        "perspective": lambda: K.RandomPerspective(distortion_scale=0.2, p=0.5),
+        "jitter": lambda: K.ColorJiggle(brightness=0.05, contrast=0.05, saturation=0.05, hue=0.02, p=0.7),
+        "erasing": lambda: K.RandomErasing(scale=(0.02, 0.1), ratio=(0.3, 3.3), p=0.5),
+        "sharpness": lambda: K.RandomSharpness(sharpness=0.3, p=0.4),
+        "blur": lambda: K.RandomGaussianBlur(kernel_size=(3, 3), sigma=(0.1, 1.0), p=0.3),
+        "grayscale": lambda: K.RandomGrayscale(p=0.1),
+    })
+
+
+_register_kornia_augments()
+DEFAULT_AUGMENTS = ("affine", "perspective", "jitter", "erasing")
+
+
+def list_augments() -> list[str]:
+    """Names ``--augment`` accepts."""
+    return sorted(AUGMENTS)
+
+
+def build_augments(names: list[str] | tuple[str, ...]) -> list[nn.Module]:
+    """Instantiate augmentations by name; an unknown name is a one-line error listing the valid ones."""
+    unknown = [n for n in names if n not in AUGMENTS]
+    if unknown:
+        raise ClipstudioError(f"unknown augment '{unknown[0]}'; choose from: {', '.join(list_augments())}")
+    return [AUGMENTS[n]() for n in names]
+
+
+@dataclass
+class CutoutParams:
+    """Everything random about one batch of cutouts, so it can be replayed."""
+
+    boxes: torch.Tensor  # (cutn, 4, 2) crop corners in source pixels, clockwise from top-left
+    noise: torch.Tensor  # (cutn, 3, size, size) additive noise, already scaled per cutout
+    augment: list[dict] = field(default_factory=list)  # kornia params, one dict per augmentation
+
+
+def crop_fractions(cutn: int, cut_pow: float, cut_min: float) -> torch.Tensor:
+    """Side of each crop as a fraction of the image's short side: ``cut_min + (1-cut_min) * u**cut_pow``."""
+    return cut_min + (1.0 - cut_min) * torch.rand(cutn) ** cut_pow
+
+
+class Cutouts(nn.Module):
+    """Draws and applies ``cutn`` augmented cutouts of an NCHW [0, 1] image at ``size`` x ``size``."""
+
+    def __init__(self, size: int, cutn: int = 16, cut_pow: float = 1.0, cut_min: float = 0.5,
+                 augments: list[str] | tuple[str, ...] = DEFAULT_AUGMENTS, noise: float = 0.05):
+        super().__init__()
+        if cutn < 1:
+            raise ClipstudioError(f"cutn must be at least 1, got {cutn}")
+        if not 0.0 < cut_min <= 1.0:
+            raise ClipstudioError(f"cut_min must be in (0, 1], got {cut_min}")
+        self.size, self.cutn, self.cut_pow, self.cut_min, self.noise = size, cutn, cut_pow, cut_min, noise
+        self.augment_names = list(augments)
+        self.augments = nn.ModuleList(build_augments(self.augment_names))
+
+    def draw(self, height: int, width: int) -> CutoutParams:
+        """Draw the random parameters of one batch of cutouts for an image of ``height`` x ``width``."""
+        side = min(height, width) * crop_fractions(self.cutn, self.cut_pow, self.cut_min)
+        x0 = torch.rand(self.cutn) * (width - side)
+        y0 = torch.rand(self.cutn) * (height - side)
+        x1, y1 = x0 + side - 1, y0 + side - 1
+        boxes = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
+                             torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], dim=1)
+        scale = torch.rand(self.cutn, 1, 1, 1) * self.noise
+        noise = torch.randn(self.cutn, 3, self.size, self.size) * scale
+        shape = torch.Size([self.cutn, 3, self.size, self.size])
+        augment = [aug.forward_parameters(shape) for aug in self.augments]
+        return CutoutParams(boxes=boxes, noise=noise, augment=augment)
+
+    def apply(self, image: torch.Tensor, params: CutoutParams) -> torch.Tensor:
+        """Cut, augment and add noise to ``image`` (1CHW) with the given parameters (differentiable)."""
+        from kornia.geometry.transform import crop_and_resize
+
+        batch = image.expand(self.cutn, -1, -1, -1)
+        cuts = crop_and_resize(batch, params.boxes.to(image.device), (self.size, self.size), padding_mode="border")
+        for aug, aug_params in zip(self.augments, params.augment):
+            cuts = aug(cuts, params=aug_params)
+        return (cuts + params.noise.to(image.device)).clamp(0, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Draw new parameters and apply them."""
+        return self.apply(image, self.draw(image.shape[-2], image.shape[-1]))

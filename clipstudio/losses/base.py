@@ -1,0 +1,31 @@
+"""The loss contract.
+
+A loss is an ``nn.Module`` whose ``forward(ctx: LossContext)`` returns a scalar tensor to be minimized.
+The total objective is the weighted sum of the losses; weights live in the settings, not in the modules,
+so every term is reported unweighted and weighted alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LossContext:
+    """What one optimizer step offers the losses."""
+
+    image: torch.Tensor  # (1, 3, H, W) in [0, 1], the generator's output
+    cutouts: torch.Tensor | None  # (cutn, 3, S, S): the step's augmented cutouts, shared by all CLIP losses
+    init_image: torch.Tensor | None  # (1, 3, H, W) in [0, 1], when the run has an init image
+    step: int
+
+
+class Loss(nn.Module):
+    """Base class: subclasses implement ``forward(ctx) -> scalar``."""
+
+    needs_cutouts = False
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,74 @@
+"""Image regularizers: total variation, an MSE anchor to the init image, and LPIPS to the init image."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ClipstudioError
+from .base import Loss, LossContext
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels (Rudin, Osher & Fatemi 1992, squared form)."""
+    dx = image[..., :, 1:] - image[..., :, :-1]
+    dy = image[..., 1:, :] - image[..., :-1, :]
+    return dx.pow(2).mean() + dy.pow(2).mean()
+
+
+class TVLoss(Loss):
+    """Total variation of the image: smooths away high-frequency adversarial texture."""
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        return total_variation(ctx.image)
+
+
+class AnchorLoss(Loss):
+    """Mean squared error to the init image: keeps the result close to where it started."""
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        if ctx.init_image is None:
+            raise ClipstudioError("the anchor loss needs an init image (--init-image)")
+        return (ctx.image - ctx.init_image).pow(2).mean()
+
+
+LPIPS_BACKBONE_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+
+
+def build_lpips(net: str = "alex"):
+    """An LPIPS metric (Zhang et al. 2018) from the ``lpips`` package; ``NET:random`` uses a random backbone.
+
+    LPIPS fetches its torchvision backbone on first use; offline that fails, and we say which file to
+    put in torch's hub cache.
+    """
+    try:
+        import lpips
+    except ImportError:
+        raise ClipstudioError("the perceptual loss needs the 'lpips' package: pip install lpips") from None
+    backbone, _, tag = net.partition(":")
+    if backbone not in LPIPS_BACKBONE_FILES:
+        raise ClipstudioError(f"unknown LPIPS net '{backbone}'; choose from: {', '.join(LPIPS_BACKBONE_FILES)}")
+    try:
+        return lpips.LPIPS(net=backbone, pnet_rand=(tag == "random"), verbose=False).eval().requires_grad_(False)
+    except OSError as err:  # URLError is an OSError: no network, no cached backbone
+        hub_dir = torch.hub.get_dir()
+        raise ClipstudioError(
+            f"LPIPS could not fetch its '{backbone}' backbone ({type(err).__name__}); offline, put "
+            f"{LPIPS_BACKBONE_FILES[backbone]} in {hub_dir}/checkpoints"
+        ) from None
+
+
+class PerceptualLoss(Loss):
+    """LPIPS distance to the init image: keeps its structure while CLIP changes the content."""
+
+    def __init__(self, net: str = "alex"):
+        super().__init__()
+        self.metric = build_lpips(net)
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        if ctx.init_image is None:
+            raise ClipstudioError("the perceptual loss needs an init image (--init-image)")
+        # LPIPS expects images in [-1, 1].
+        return self.metric(ctx.image * 2 - 1, ctx.init_image * 2 - 1).mean()

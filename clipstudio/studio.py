@@ -1,0 +1,243 @@
+"""The CLIP-guidance loop: a :class:`Studio` a notebook can step, and :func:`generate` that runs it."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .config import GenerateConfig
+from .errors import ClipstudioError
+from .generators import build_generator
+from .guide.clip import load_clip
+from .guide.cutouts import Cutouts
+from .guide.prompts import Prompt, image_prompt, negative_prompt, parse_prompts
+from .images import load_image, save_png, tensor_to_pil
+from .losses import AnchorLoss, ClipLoss, LossContext, PerceptualLoss, TVLoss
+
+
+@dataclass
+class StepInfo:
+    """What one step did: its index, each loss term (unweighted), the total, and whether it was skipped."""
+
+    step: int
+    losses: dict[str, float]
+    total: float
+    skipped: bool = False
+    reason: str = ""
+
+
+@dataclass
+class GenerateResult:
+    """A finished run: the image, the final losses, and the settings that reproduce it."""
+
+    image: Image.Image
+    losses: dict[str, float]
+    settings: GenerateConfig
+    weights: dict[str, float]
+    steps_run: int = 0
+    skipped_steps: int = 0
+    seconds: float = 0.0
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(self.steps_run, 1)
+
+    def metadata(self) -> dict[str, Any]:
+        """What goes into the PNG: version, settings, loss weights and final losses."""
+        return {"version": __version__, "settings": self.settings.to_full_dict(),
+                "weights": self.weights, "losses": self.losses}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the image as PNG atomically, with the settings in its metadata."""
+        return save_png(self.image, path, self.metadata())
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup, then constant, cosine or linear decay to 10%."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    if schedule == "cosine":
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if schedule == "linear":
+        return 1.0 - 0.9 * min(progress, 1.0)
+    return 1.0
+
+
+class Studio:
+    """One guided-generation run that can be stepped: ``studio.step()``, ``studio.image()``, ``studio.run()``.
+
+    The optimizer uses only the generator contract: ``parameters()``, ``forward()`` and ``post_step()``.
+    """
+
+    def __init__(self, config: GenerateConfig):
+        self.config = config.validate()
+        self.device = torch.device(config.device)
+        self.guides = [load_clip(spec, config.device, config.weights_dir) for spec in config.clip]
+        torch.manual_seed(config.seed)  # after model loading, which may or may not draw random numbers
+        self.init_image = load_image(config.init_image).to(self.device) if config.init_image else None
+        self.generator = build_generator(
+            config.generator, (config.width, config.height), init_image=self.init_image, **config.generator_options
+        ).to(self.device)
+        if self.init_image is not None:
+            self.init_image = self.generator().detach()  # the init as the generator renders it, at output size
+        self.cutouts = Cutouts(max(g.image_size for g in self.guides), config.cutn, config.cut_pow,
+                               config.cut_min, config.augments, config.cut_noise).to(self.device)
+        self.losses, self.weights = self._build_losses()
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        if not params:
+            raise ClipstudioError(f"generator '{config.generator}' has no trainable parameters")
+        opt_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_class(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.step_index = 0
+        self.skipped = 0
+        self.history: list[float] = []
+        self.last: StepInfo | None = None
+
+    def _prompts(self) -> list[Prompt]:
+        prompts = parse_prompts(self.config.prompt) if self.config.prompt.strip() else []
+        prompts += [negative_prompt(text) for text in self.config.negative]
+        prompts += [image_prompt(spec) for spec in self.config.image_prompts]
+        return prompts
+
+    def _image_prompt_embeds(self, prompts: list[Prompt], guide) -> dict[str, torch.Tensor]:
+        embeds = {}
+        for prompt in prompts:
+            if prompt.is_image:
+                image = load_image(prompt.text).to(self.device)
+                image = torch.nn.functional.interpolate(image, size=(guide.image_size,) * 2,
+                                                        mode="bicubic", antialias=True).clamp(0, 1)
+                with torch.no_grad():
+                    embeds[prompt.text] = guide.encode_image(image)[0]
+        return embeds
+
+    def _build_losses(self) -> tuple[torch.nn.ModuleDict, dict[str, float]]:
+        prompts = self._prompts()
+        losses, weights = torch.nn.ModuleDict(), {}
+        for index, guide in enumerate(self.guides):
+            key = f"clip{index}" if len(self.guides) > 1 else "clip"
+            losses[key] = ClipLoss(guide, prompts, self._image_prompt_embeds(prompts, guide))
+            weights[key] = 1.0 / len(self.guides)  # an ensemble averages its models' losses
+        extra = {"tv": (self.config.tv, TVLoss), "anchor": (self.config.anchor, AnchorLoss),
+                 "perceptual": (self.config.perceptual, lambda: PerceptualLoss(self.config.perceptual_net))}
+        for name, (weight, factory) in extra.items():
+            if weight > 0:
+                losses[name] = factory()
+                weights[name] = weight
+        return losses.to(self.device), weights
+
+    def _objective(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = self.generator()
+        cutouts = None
+        if any(loss.needs_cutouts for loss in self.losses.values()):
+            cutouts = self.cutouts(image)
+        ctx = LossContext(image=image, cutouts=cutouts, init_image=self.init_image, step=self.step_index)
+        terms = {name: loss(ctx) for name, loss in self.losses.items()}
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return total, terms
+
+    def step(self) -> StepInfo:
+        """One optimizer step. A NaN or inf in the loss or a gradient skips the step (and says so)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total, terms = self._objective()
+        reason = ""
+        if not torch.isfinite(total):
+            reason = "loss is not finite"
+        else:
+            total.backward()
+            if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in self.optimizer_params()):
+                reason = "gradient is not finite"
+        info = StepInfo(self.step_index, {k: float(v.detach()) for k, v in terms.items()}, float(total.detach()))
+        if reason:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            info.skipped, info.reason = True, reason
+            warnings.warn(f"step {self.step_index}: {reason}; step skipped")
+        else:
+            self._set_lr()
+            self.optimizer.step()
+            self.generator.post_step()
+            self.history.append(info.total)
+        self.step_index += 1
+        self.last = info
+        return info
+
+    def _set_lr(self) -> None:
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.lr * lr_factor(c.schedule, self.step_index, c.steps, c.warmup)
+
+    def optimizer_params(self) -> Iterator[torch.nn.Parameter]:
+        for group in self.optimizer.param_groups:
+            yield from group["params"]
+
+    @torch.no_grad()
+    def image_tensor(self) -> torch.Tensor:
+        """The current image, (1, 3, H, W) in [0, 1]."""
+        return self.generator().detach()
+
+    def image(self) -> Image.Image:
+        """The current image as PIL; NaNs raise rather than reach a file."""
+        return tensor_to_pil(self.image_tensor())
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """The current unweighted losses, without taking a step."""
+        total, terms = self._objective()
+        return {**{k: float(v) for k, v in terms.items()}, "total": float(total)}
+
+    def run(self, callback: Callable[[Studio, StepInfo], Any] | None = None, progress: bool = False,
+            frames_dir: str | Path | None = None, save_every: int = 0) -> GenerateResult:
+        """Run the remaining steps; ``callback(studio, info)`` after each, returning False stops early."""
+        bar = _progress_bar(self.config.steps - self.step_index, progress)
+        start = time.perf_counter()
+        steps_at_start = self.step_index
+        while self.step_index < self.config.steps:
+            info = self.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{info.total:.4f}", skipped=self.skipped)
+            if frames_dir and save_every and self.step_index % save_every == 0:
+                save_png(self.image(), Path(frames_dir) / f"{self.step_index:05d}.png")
+            if callback is not None and callback(self, info) is False:
+                break
+        bar.close()
+        return self.result(seconds=time.perf_counter() - start, steps_run=self.step_index - steps_at_start)
+
+    def result(self, seconds: float = 0.0, steps_run: int = 0) -> GenerateResult:
+        """The run so far as a :class:`GenerateResult`."""
+        return GenerateResult(image=self.image(), losses=self.evaluate(), settings=dataclasses.replace(self.config),
+                              weights=dict(self.weights), steps_run=steps_run, skipped_steps=self.skipped,
+                              seconds=seconds, history=list(self.history))
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc="generate", unit="step", leave=False)
+
+
+def make_config(prompt: str = "", **options: Any) -> GenerateConfig:
+    """A :class:`GenerateConfig` from keyword options; ``size=(W, H)`` is accepted for width and height."""
+    if "size" in options:
+        size = options.pop("size")
+        try:
+            options["width"], options["height"] = (int(v) for v in size)
+        except (TypeError, ValueError):
+            raise ClipstudioError(f"size must be (width, height), got {size!r}") from None
+    return GenerateConfig.from_dict({"prompt": prompt, **options})
+
+
+def generate(prompt: str, *, callback: Callable[[Studio, StepInfo], Any] | None = None, progress: bool = False,
+             **options: Any) -> GenerateResult:
+    """Generate an image for ``prompt``; options are :class:`GenerateConfig` fields (``size=(W, H)`` too)."""
+    return Studio(make_config(prompt, **options)).run(callback=callback, progress=progress)

@@ -1,0 +1,101 @@
+"""The generator contract, checked for every registered generator (new ones must add fixtures here)."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipstudio.errors import ClipstudioError
+from clipstudio.generators import GENERATORS, build_generator, clamp_with_grad, list_generators
+
+try:  # the latent generators' fixtures come with their tests
+    from generator_fixtures import TINY_GENERATOR_OPTIONS
+except ImportError:  # pragma: no cover
+    TINY_GENERATOR_OPTIONS = {}
+
+VARIANTS = {"pixels": [{"parametrization": "fourier"}, {"parametrization": "rgb"}]}
+
+
+def cases():
+    for name in list_generators():
+        if name in VARIANTS:
+            yield from ((name, opts) for opts in VARIANTS[name])
+        else:
+            yield name, None
+
+
+def options_for(name, extra, tmp_path: Path) -> dict:
+    if extra is not None:
+        return dict(extra)
+    if name not in TINY_GENERATOR_OPTIONS:
+        pytest.fail(f"generator '{name}' is registered but has no tiny test fixture in generator_fixtures.py")
+    return TINY_GENERATOR_OPTIONS[name](tmp_path)
+
+
+def build(name, extra, tmp_path, size=(24, 16), init=None):
+    torch.manual_seed(0)
+    return build_generator(name, size, init_image=init, **options_for(name, extra, tmp_path))
+
+
+@pytest.mark.parametrize("name,extra", list(cases()))
+def test_shape_range_and_gradient(name, extra, tmp_path):
+    gen = build(name, extra, tmp_path)
+    out = gen()
+    assert out.shape == (1, 3, 16, 24)
+    assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
+    out.mean().backward()
+    grads = [p.grad for p in gen.parameters() if p.requires_grad]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name,extra", list(cases()))
+def test_one_step_lowers_loss_on_fixed_target(name, extra, tmp_path):
+    gen = build(name, extra, tmp_path)
+    target = torch.zeros(1, 3, 16, 24)
+    target[:, 0] = 0.9  # a red image
+    opt = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=0.05)
+    before = (gen() - target).pow(2).mean()
+    before.backward()
+    opt.step()
+    gen.post_step()
+    after = (gen() - target).pow(2).mean()
+    assert after < before
+
+
+@pytest.mark.parametrize("name,extra", list(cases()))
+def test_init_image_is_accepted(name, extra, tmp_path):
+    init = torch.rand(1, 3, 20, 30)
+    out = build(name, extra, tmp_path, init=init)()
+    assert out.shape == (1, 3, 16, 24)
+
+
+@pytest.mark.parametrize("name,extra", list(cases()))
+def test_bad_input(name, extra, tmp_path):
+    with pytest.raises(ClipstudioError):
+        build(name, {**options_for(name, extra, tmp_path), "no_such_option": 1}, tmp_path)
+    with pytest.raises(ClipstudioError):
+        build(name, extra, tmp_path, size=(0, 16))
+
+
+def test_unknown_generator_lists_valid_names():
+    with pytest.raises(ClipstudioError, match="pixels"):
+        build_generator("nope", (16, 16))
+
+
+def test_every_registered_generator_has_a_fixture():
+    assert set(GENERATORS) - set(VARIANTS) <= set(TINY_GENERATOR_OPTIONS)
+
+
+def test_pixels_init_image_round_trips():
+    init = torch.rand(1, 3, 16, 16) * 0.9 + 0.05
+    for parametrization in ("fourier", "rgb"):
+        out = build_generator("pixels", (16, 16), init_image=init, parametrization=parametrization)()
+        assert (out - init).abs().max() < 5e-3
+
+
+def test_clamp_with_grad_passes_only_inward_gradients():
+    x = torch.tensor([-0.5, 0.5, 1.5], requires_grad=True)
+    y = clamp_with_grad(x)
+    assert y.tolist() == [0.0, 0.5, 1.0]
+    # Gradient +1 everywhere: descent lowers x; at -0.5 that goes further out, at 1.5 it comes back in.
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0]
