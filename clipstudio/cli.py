@@ -18,6 +18,7 @@ DELEGATED = {
     ("train", "clip"): "clipstudio.train.clip_train:main",
     ("train", "diffusion"): "clipstudio.train.diffusion_train:main",
     ("eval", "clip"): "clipstudio.world.zeroshot:main",
+    ("eval", "generate"): "clipstudio.world.adherence:main",
     ("demo", "spiral"): "clipstudio.diffusion.spiral:main",
     ("diffuse", None): "clipstudio.diffusion.backend:main",
     ("compare", None): "clipstudio.diffusion.compare:main",
@@ -77,13 +78,17 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-dir", default=S, help="folder of model files for offline use")
     parser.add_argument("--device", default=S)
     parser.add_argument("--save-every", type=int, default=0, help="also save a frame every N steps")
+    parser.add_argument("--candidates", type=int, default=1,
+                        help="CLIP ranking: generate N candidates (seeds seed..seed+N-1) and keep the best")
+    parser.add_argument("--keep", type=int, default=1, help="how many ranked candidates to write (OUT-1.png, ...)")
+    parser.add_argument("--rank-clip", default=None, help="CLIP model that ranks candidates (default: the first --clip)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # argparse destination -> GenerateConfig field, where the names differ.
 _FIELD_NAMES = {"negative": "negative", "image_prompt": "image_prompts", "augment": "augments"}
 _NOT_SETTINGS = {"command", "output", "from_png", "recipe", "save_every", "quiet", "gen_opt", "trust_checkpoint",
-                 "repeat", "threads",
+                 "repeat", "threads", "candidates", "keep", "rank_clip",
                  "size", "func"}
 
 
@@ -119,6 +124,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     config = GenerateConfig.from_dict(settings_from_args(args)).validate()
     output = check_writable(args.output)  # fail before the work, not after
+    if args.candidates > 1:
+        return _generate_ranked(args, config, output)
     frames_dir = None
     if args.save_every:
         frames_dir = output.with_name(output.stem + "_frames")
@@ -129,6 +136,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     skipped = f", {result.skipped_steps} skipped (non-finite)" if result.skipped_steps else ""
     print(f"wrote {output} ({result.steps_run} steps in {result.seconds:.1f} s, "
           f"{result.seconds_per_step:.3f} s/step{skipped}; loss {result.losses['total']:.4f})")
+    return 0
+
+
+def _ranked_path(output: Path, rank: int, keep: int) -> Path:
+    return output if keep == 1 else output.with_name(f"{output.stem}-{rank}{output.suffix}")
+
+
+def _generate_ranked(args: argparse.Namespace, config, output: Path) -> int:
+    from .ranking import generate_ranked
+
+    options = config.to_full_dict()
+    prompt = options.pop("prompt")
+    ranked = generate_ranked(prompt, args.candidates, args.keep, args.rank_clip, **options)
+    for rank, (score, result) in enumerate(ranked, start=1):
+        path = result.save(_ranked_path(output, rank, args.keep))
+        print(f"wrote {path} (seed {result.settings.seed}, CLIP score {score:.4f}, rank {rank}/{args.candidates})")
     return 0
 
 
@@ -204,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=5)
     bench.add_argument("--threads", type=int, default=0)
     sub.add_parser("models", help="list generators, CLIP models, losses, augments and recipes")
-    for command, whats in (("train", ["clip", "diffusion"]), ("eval", ["clip"]), ("demo", ["spiral"])):
+    for command, whats in (("train", ["clip", "diffusion"]), ("eval", ["clip", "generate"]), ("demo", ["spiral"])):
         p = sub.add_parser(command, help=f"{command} ({', '.join(whats)}); see '{command} WHAT --help'")
         p.add_argument("what", choices=whats)
     sub.add_parser("diffuse", help="sample the CFG diffusion backend (see 'diffuse --help')", add_help=False)

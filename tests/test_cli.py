@@ -130,3 +130,16 @@ def test_models_lists_everything(capsys):
 def test_bench_reports_seconds_per_step(fast_args, capsys):
     code, out, _ = run_cli(["bench", *fast_args, "--repeat", "2"], capsys)
     assert code == 0 and "s/step" in out
+
+
+def test_ranking_keeps_the_best_candidates(tmp_path, fast_args, capsys):
+    out = tmp_path / "best.png"
+    code, stdout, _ = run_cli(["generate", "a red circle", "-o", str(out), *fast_args,
+                               "--candidates", "3", "--keep", "2"], capsys)
+    assert code == 0
+    written = sorted(p.name for p in tmp_path.glob("best-*.png"))
+    assert written == ["best-1.png", "best-2.png"]
+    scores = [float(line.split("CLIP score ")[1].split(",")[0]) for line in stdout.splitlines()]
+    assert scores == sorted(scores, reverse=True)
+    seeds = {images.read_png_settings(tmp_path / name)["settings"]["seed"] for name in written}
+    assert len(seeds) == 2 and seeds <= {0, 1, 2}

@@ -1,0 +1,57 @@
+"""CLIP ranking: generate several candidates and keep those a CLIP model scores best."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ClipstudioError
+from .guide.clip import load_clip
+from .guide.prompts import Prompt, negative_prompt, parse_prompts
+
+
+def _to_batch(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    arrays = [np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0 for img in images]
+    batch = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])
+    return torch.nn.functional.interpolate(batch, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+
+
+@torch.no_grad()
+def clip_scores(images: Sequence[Image.Image], prompts: Sequence[Prompt], clip: str, device: str = "cpu") -> list[float]:
+    """Weighted cosine similarity of each whole image to the text prompts (negative weights subtract)."""
+    texts = [p for p in prompts if not p.is_image]
+    if not texts:
+        raise ClipstudioError("ranking needs at least one text prompt")
+    guide = load_clip(clip, device)
+    image_embeds = guide.encode_image(_to_batch(images, guide.image_size).to(device))
+    text_embeds = guide.encode_text([p.text for p in texts])
+    weights = torch.tensor([p.weight for p in texts], device=image_embeds.device)
+    return ((image_embeds @ text_embeds.T) * weights).sum(-1).div(weights.abs().sum()).tolist()
+
+
+def rank_images(images: Sequence[Image.Image], prompt: str, clip: str, negative: Sequence[str] = (),
+                device: str = "cpu") -> list[int]:
+    """Indices of ``images`` from best to worst by :func:`clip_scores`."""
+    prompts = parse_prompts(prompt) + [negative_prompt(n) for n in negative]
+    scores = clip_scores(images, prompts, clip, device)
+    return sorted(range(len(images)), key=lambda i: -scores[i])
+
+
+def generate_ranked(prompt: str, candidates: int, keep: int = 1, rank_clip: str | None = None,
+                    **options: Any) -> list[tuple[float, Any]]:
+    """Run ``generate`` with seeds ``seed .. seed+candidates-1`` and return the ``keep`` best
+    ``(score, result)`` pairs, best first. ``rank_clip`` defaults to the first guiding model."""
+    from .studio import generate, make_config
+
+    if candidates < 1 or not 1 <= keep <= candidates:
+        raise ClipstudioError(f"need candidates >= 1 and 1 <= keep <= candidates, got {candidates} and {keep}")
+    base = make_config(prompt, **options)
+    results = [generate(prompt, **{**options, "seed": base.seed + i}) for i in range(candidates)]
+    clip = rank_clip or base.clip[0]
+    prompts = parse_prompts(prompt) + [negative_prompt(n) for n in base.negative]
+    scores = clip_scores([r.image for r in results], prompts, clip, base.device)
+    order = sorted(range(candidates), key=lambda i: -scores[i])
+    return [(scores[i], results[i]) for i in order[:keep]]
