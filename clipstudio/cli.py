@@ -78,6 +78,9 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-dir", default=S, help="folder of model files for offline use")
     parser.add_argument("--device", default=S)
     parser.add_argument("--save-every", type=int, default=0, help="also save a frame every N steps")
+    parser.add_argument("--checkpoint", default=None,
+                        help="save the run state here every --checkpoint-every steps; resume from it if it exists")
+    parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--candidates", type=int, default=1,
                         help="CLIP ranking: generate N candidates (seeds seed..seed+N-1) and keep the best")
     parser.add_argument("--keep", type=int, default=1, help="how many ranked candidates to write (OUT-1.png, ...)")
@@ -88,7 +91,7 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
 # argparse destination -> GenerateConfig field, where the names differ.
 _FIELD_NAMES = {"negative": "negative", "image_prompt": "image_prompts", "augment": "augments"}
 _NOT_SETTINGS = {"command", "output", "from_png", "recipe", "save_every", "quiet", "gen_opt", "trust_checkpoint",
-                 "repeat", "threads", "candidates", "keep", "rank_clip",
+                 "repeat", "threads", "checkpoint", "checkpoint_every", "candidates", "keep", "rank_clip",
                  "size", "func"}
 
 
@@ -131,7 +134,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         frames_dir = output.with_name(output.stem + "_frames")
         frames_dir.mkdir(exist_ok=True)
     studio = Studio(config)
-    result = studio.run(progress=not args.quiet, frames_dir=frames_dir, save_every=args.save_every)
+    if args.checkpoint and studio.resume(args.checkpoint):
+        print(f"resumed from {args.checkpoint} at step {studio.step_index}")
+    result = studio.run(progress=not args.quiet, frames_dir=frames_dir, save_every=args.save_every,
+                        checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     result.save(output)
     skipped = f", {result.skipped_steps} skipped (non-finite)" if result.skipped_steps else ""
     print(f"wrote {output} ({result.steps_run} steps in {result.seconds:.1f} s, "

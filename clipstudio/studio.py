@@ -20,7 +20,7 @@ from .generators import build_generator
 from .guide.clip import load_clip
 from .guide.cutouts import Cutouts
 from .guide.prompts import Prompt, image_prompt, negative_prompt, parse_prompts
-from .images import load_image, save_png, tensor_to_pil
+from .images import atomic_write, load_image, save_png, tensor_to_pil
 from .losses import AnchorLoss, ClipLoss, LossContext, PerceptualLoss, TVLoss
 
 
@@ -181,6 +181,38 @@ class Studio:
         for group in self.optimizer.param_groups:
             yield from group["params"]
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: latents, optimizer, step, RNG and settings."""
+        return {"settings": self.config.to_full_dict(), "step": self.step_index, "skipped": self.skipped,
+                "history": list(self.history), "generator": self.generator.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; a run with other settings is refused."""
+        if state.get("settings") != self.config.to_full_dict():
+            raise ClipstudioError("the checkpoint was made with other settings; refusing to resume from it")
+        self.generator.load_state_dict(state["generator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_index, self.skipped = int(state["step"]), int(state["skipped"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"])
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write :meth:`state_dict` atomically, so a power cut leaves the previous checkpoint intact."""
+        return atomic_write(path, lambda handle: torch.save(self.state_dict(), handle))
+
+    def resume(self, path: str | Path) -> bool:
+        """Load a checkpoint written by :meth:`save_checkpoint` if there is one; True if it was loaded."""
+        path = Path(path)
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:  # a torn or foreign file: say so rather than start over silently
+            raise ClipstudioError(f"cannot resume from {path}: {type(err).__name__}; delete it to start over") from None
+        self.load_state_dict(state)
+        return True
+
     @torch.no_grad()
     def image_tensor(self) -> torch.Tensor:
         """The current image, (1, 3, H, W) in [0, 1]."""
@@ -197,8 +229,12 @@ class Studio:
         return {**{k: float(v) for k, v in terms.items()}, "total": float(total)}
 
     def run(self, callback: Callable[[Studio, StepInfo], Any] | None = None, progress: bool = False,
-            frames_dir: str | Path | None = None, save_every: int = 0) -> GenerateResult:
-        """Run the remaining steps; ``callback(studio, info)`` after each, returning False stops early."""
+            frames_dir: str | Path | None = None, save_every: int = 0,
+            checkpoint: str | Path | None = None, checkpoint_every: int = 50) -> GenerateResult:
+        """Run the remaining steps; ``callback(studio, info)`` after each, returning False stops early.
+
+        With ``checkpoint``, the run state is saved there every ``checkpoint_every`` steps and at the end.
+        """
         bar = _progress_bar(self.config.steps - self.step_index, progress)
         start = time.perf_counter()
         steps_at_start = self.step_index
@@ -208,9 +244,13 @@ class Studio:
             bar.set_postfix(loss=f"{info.total:.4f}", skipped=self.skipped)
             if frames_dir and save_every and self.step_index % save_every == 0:
                 save_png(self.image(), Path(frames_dir) / f"{self.step_index:05d}.png")
+            if checkpoint and self.step_index % max(checkpoint_every, 1) == 0:
+                self.save_checkpoint(checkpoint)
             if callback is not None and callback(self, info) is False:
                 break
         bar.close()
+        if checkpoint:
+            self.save_checkpoint(checkpoint)
         return self.result(seconds=time.perf_counter() - start, steps_run=self.step_index - steps_at_start)
 
     def result(self, seconds: float = 0.0, steps_run: int = 0) -> GenerateResult:

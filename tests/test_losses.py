@@ -67,3 +67,17 @@ def test_negative_prompt_pushes_away(tiny_clip):
     neg = LOSSES["clip"](guide, parse_prompts("a red circle:-1"))
     ctx = context(torch.rand(1, 3, 32, 32), None)
     assert neg(ctx).item() == pytest.approx(-pos(ctx).item(), rel=1e-5)
+
+
+def test_lpips_offline_says_which_file_to_place(monkeypatch):
+    import urllib.error
+
+    import lpips
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(lpips, "LPIPS", offline)
+    with pytest.raises(ClipstudioError, match="alexnet-owt-7be5be79.pth") as info:
+        LOSSES["perceptual"]("alex")
+    assert "\n" not in str(info.value)

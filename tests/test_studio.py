@@ -93,3 +93,26 @@ def test_bad_options_raise_one_line(bad, tiny_options):
     with pytest.raises(ClipstudioError) as info:
         clipstudio.generate("a red circle", **{**tiny_options, **bad})
     assert "\n" not in str(info.value)
+
+
+def test_resume_after_interruption_gives_the_same_image(tiny_options, tmp_path):
+    config = clipstudio.make_config("a red circle", **{**tiny_options, "steps": 6})
+    straight = clipstudio.Studio(config).run()
+    ckpt = tmp_path / "run.ckpt"
+    first = clipstudio.Studio(config)
+    first.run(callback=lambda s, info: info.step < 2, checkpoint=ckpt, checkpoint_every=1)  # "power cut" at step 3
+    second = clipstudio.Studio(config)
+    assert second.resume(ckpt) and second.step_index == 3
+    resumed = second.run()
+    assert np.array_equal(pixels(straight), pixels(resumed))
+
+
+def test_resume_refuses_other_settings_and_torn_files(tiny_options, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    clipstudio.Studio(clipstudio.make_config("a red circle", **tiny_options)).run(checkpoint=ckpt)
+    other = clipstudio.Studio(clipstudio.make_config("a blue circle", **tiny_options))
+    with pytest.raises(ClipstudioError, match="other settings"):
+        other.resume(ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ClipstudioError, match="cannot resume"):
+        clipstudio.Studio(clipstudio.make_config("a red circle", **tiny_options)).resume(ckpt)
