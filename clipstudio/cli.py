@@ -209,6 +209,21 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    """List the weights registry, or fetch files by name into the cache (or check a --weights-dir)."""
+    from . import weights
+
+    if not args.names:
+        for entry in weights.list_weights():
+            sha = entry.sha256[:12] if entry.sha256 else "unverified"
+            print(f"{entry.name:34s} {entry.filename:32s} sha256 {sha:12s} {entry.license}")
+        print(f"cache: {weights.cache_dir()}  offline folder: CLIPSTUDIO_WEIGHTS or --weights-dir")
+        return 0
+    for name in args.names:
+        print(f"{name}: {weights.fetch(name, weights_dir=args.weights_dir)}")
+    return 0
+
+
 def cmd_delegated(args: argparse.Namespace, rest: list[str]) -> int:
     key = (args.command, getattr(args, "what", None))
     module_name, func_name = DELEGATED[key].split(":")
@@ -233,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=5)
     bench.add_argument("--threads", type=int, default=0)
     sub.add_parser("models", help="list generators, CLIP models, losses, augments and recipes")
+    wts = sub.add_parser("weights", help="list known model files, or fetch some by name")
+    wts.add_argument("names", nargs="*", help="weights names (see the list), e.g. taef2_decoder")
+    wts.add_argument("--weights-dir", default=None)
     for command, whats in (("train", ["clip", "diffusion"]), ("eval", ["clip", "generate"]), ("demo", ["spiral"])):
         p = sub.add_parser(command, help=f"{command} ({', '.join(whats)}); see '{command} WHAT --help'")
         p.add_argument("what", choices=whats)
@@ -250,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     _one_line_warnings()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    handlers = {"generate": cmd_generate, "bench": cmd_bench, "models": cmd_models}
+    handlers = {"generate": cmd_generate, "bench": cmd_bench, "models": cmd_models, "weights": cmd_weights}
     try:
         if args.command in handlers:
             if rest:

@@ -143,3 +143,12 @@ def test_ranking_keeps_the_best_candidates(tmp_path, fast_args, capsys):
     assert scores == sorted(scores, reverse=True)
     seeds = {images.read_png_settings(tmp_path / name)["settings"]["seed"] for name in written}
     assert len(seeds) == 2 and seeds <= {0, 1, 2}
+
+
+def test_weights_lists_and_fails_offline_in_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPSTUDIO_OFFLINE", "1")
+    monkeypatch.setenv("CLIPSTUDIO_HOME", str(tmp_path))
+    code, out, _ = run_cli(["weights"], capsys)
+    assert code == 0 and "taef2.decoder" in out and "vqgan_imagenet_f16_16384.ckpt" in out
+    code, _, err = run_cli(["weights", "taesd.decoder", "--weights-dir", str(tmp_path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "taesd_decoder.pth" in err
