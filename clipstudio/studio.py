@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 import warnings
@@ -16,7 +17,7 @@ from PIL import Image
 from . import __version__
 from .config import GenerateConfig
 from .errors import ClipstudioError
-from .generators import build_generator
+from .generators import build_generator, generator_class
 from .guide.clip import load_clip
 from .guide.cutouts import Cutouts
 from .guide.prompts import Prompt, image_prompt, negative_prompt, parse_prompts
@@ -87,7 +88,7 @@ class Studio:
         torch.manual_seed(config.seed)  # after model loading, which may or may not draw random numbers
         self.init_image = load_image(config.init_image).to(self.device) if config.init_image else None
         self.generator = build_generator(
-            config.generator, (config.width, config.height), init_image=self.init_image, **config.generator_options
+            config.generator, (config.width, config.height), init_image=self.init_image, **self._generator_options()
         ).to(self.device)
         if self.init_image is not None:
             self.init_image = self.generator().detach()  # the init as the generator renders it, at output size
@@ -103,6 +104,14 @@ class Studio:
         self.skipped = 0
         self.history: list[float] = []
         self.last: StepInfo | None = None
+
+    def _generator_options(self) -> dict[str, Any]:
+        """The generator's options, plus ``weights_dir`` for generators that load model files."""
+        options = dict(self.config.generator_options)
+        accepts = inspect.signature(generator_class(self.config.generator).__init__).parameters
+        if self.config.weights_dir and "weights_dir" in accepts:
+            options.setdefault("weights_dir", self.config.weights_dir)
+        return options
 
     def _prompts(self) -> list[Prompt]:
         prompts = parse_prompts(self.config.prompt) if self.config.prompt.strip() else []

@@ -12,7 +12,14 @@ try:  # the latent generators' fixtures come with their tests
 except ImportError:  # pragma: no cover
     TINY_GENERATOR_OPTIONS = {}
 
-VARIANTS = {"pixels": [{"parametrization": "fourier"}, {"parametrization": "rgb"}]}
+VARIANTS = {
+    "pixels": [{"parametrization": "fourier"}, {"parametrization": "rgb"}, {"parametrization": "rgb", "downscale": 4}],
+    "primitives": [{"count": 2}, {"count": 1, "edge": 2.0}],
+}
+
+
+# Quantized latents only change the image once a step crosses to another code, so they take bigger steps.
+STEP_LR = {"vqgan": 1.0}
 
 
 def cases():
@@ -52,7 +59,7 @@ def test_one_step_lowers_loss_on_fixed_target(name, extra, tmp_path):
     gen = build(name, extra, tmp_path)
     target = torch.zeros(1, 3, 16, 24)
     target[:, 0] = 0.9  # a red image
-    opt = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=0.05)
+    opt = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=STEP_LR.get(name, 0.05))
     before = (gen() - target).pow(2).mean()
     before.backward()
     opt.step()
@@ -99,3 +106,24 @@ def test_clamp_with_grad_passes_only_inward_gradients():
     # Gradient +1 everywhere: descent lowers x; at -0.5 that goes further out, at 1.5 it comes back in.
     y.sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle"])
+def test_primitives_draw_shapes_the_world_checker_recognises(shape):
+    from clipstudio.images import tensor_to_pil
+    from clipstudio.world.check import check_image
+
+    gen = build_generator("primitives", (64, 64), count=1)
+    with torch.no_grad():
+        gen.background.copy_(torch.logit(torch.tensor([40.0, 90.0, 220.0]) / 255))
+        gen.colour.copy_(torch.logit(torch.tensor([[220.0, 40.0, 40.0]]) / 255))
+        gen.opacity.fill_(10.0)
+        gen.shape_logits.zero_()
+        gen.shape_logits[0, ["circle", "square", "triangle"].index(shape)] = 5.0
+        gen.position.copy_(torch.logit(torch.tensor([[0.27, 0.5]])))
+        gen.size_logit.copy_(torch.logit(torch.tensor([(0.56 - 0.1) / 0.65])))
+    image = tensor_to_pil(gen())
+    assert check_image(image, f"a large red {shape} on a blue background").passed
+    assert check_image(image, f"a red {shape} at the left on a blue background").passed
+    other = {"circle": "square", "square": "triangle", "triangle": "circle"}[shape]
+    assert not check_image(image, f"a red {other} on a blue background").passed

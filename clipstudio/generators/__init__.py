@@ -25,6 +25,10 @@ GENERATORS: dict[str, GeneratorEntry] = {
         "clipstudio.generators.pixels:PixelGenerator", None,
         "raw pixels, as RGB or a Fourier/colour-decorrelated image (option parametrization=rgb|fourier)",
     ),
+    "primitives": GeneratorEntry(
+        "clipstudio.generators.primitives:PrimitivesGenerator", None,
+        "a few flat-coloured differentiable shapes (circle/square/triangle) over a background, CLIPDraw-style",
+    ),
     "vqgan": GeneratorEntry(
         "clipstudio.generators.vqgan:VQGANGenerator", "vqgan",
         "VQGAN latents from a taming-transformers checkpoint (options: model=NAME or checkpoint=PATH config=PATH)",

@@ -30,6 +30,13 @@ def spectrum_scale(height: int, width: int, decay: float) -> torch.Tensor:
     return freqs.pow(-decay)
 
 
+def _number(value: float | str, name: str, cast=float):
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        raise ClipstudioError(f"pixels option {name} must be a number, got {value!r}") from None
+
+
 def _logit(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x / (1 - x))
@@ -40,22 +47,27 @@ class PixelGenerator(Generator):
 
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None,
                  parametrization: str = "fourier", decay: float | str = 1.0, init_noise: float | str = 0.01,
-                 **options):
+                 downscale: int | str = 1, **options):
         super().__init__(size, init_image, **options)
+        decay, init_noise, downscale = _number(decay, "decay"), _number(init_noise, "init_noise"), _number(
+            downscale, "downscale", int)
         if parametrization not in PARAMETRIZATIONS:
             raise ClipstudioError(
                 f"unknown pixels parametrization '{parametrization}'; choose one of: {', '.join(PARAMETRIZATIONS)}"
             )
         self.parametrization = parametrization
-        h, w = self.height, self.width
+        # Optimizing a coarser grid and upsampling it removes the pixel-scale textures that fool CLIP.
+        self.downscale = max(1, downscale)
+        h, w = max(1, round(self.height / self.downscale)), max(1, round(self.width / self.downscale))
+        self.grid = (h, w)
         init = resize_init(init_image, w, h) if init_image is not None else None
         if parametrization == "rgb":
-            start = init if init is not None else 0.5 + float(init_noise) * torch.randn(1, 3, h, w)
+            start = init if init is not None else 0.5 + init_noise * torch.randn(1, 3, h, w)
             self.rgb = nn.Parameter(start.clone())
             return
-        self.register_buffer("scale", spectrum_scale(h, w, float(decay)), persistent=False)
+        self.register_buffer("scale", spectrum_scale(h, w, decay), persistent=False)
         if init is None:
-            spectrum = float(init_noise) * torch.randn(1, 3, *self.scale.shape, dtype=torch.complex64)
+            spectrum = init_noise * torch.randn(1, 3, *self.scale.shape, dtype=torch.complex64)
         else:
             spectrum = self._image_to_spectrum(init)
         self.spectrum = nn.Parameter(torch.view_as_real(spectrum).contiguous())
@@ -70,7 +82,12 @@ class PixelGenerator(Generator):
 
     def forward(self) -> torch.Tensor:
         if self.parametrization == "rgb":
-            return clamp_with_grad(self.rgb)
-        spectrum = torch.view_as_complex(self.spectrum) * self.scale
-        image = torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho") / 4.0
-        return torch.sigmoid(self._decorrelated_to_rgb(image))
+            image = self.rgb
+        else:
+            spectrum = torch.view_as_complex(self.spectrum) * self.scale
+            image = torch.fft.irfft2(spectrum, s=self.grid, norm="ortho") / 4.0
+            image = torch.sigmoid(self._decorrelated_to_rgb(image))
+        if self.grid != (self.height, self.width):
+            image = nn.functional.interpolate(image, size=(self.height, self.width), mode="bilinear",
+                                              align_corners=False)
+        return clamp_with_grad(image)

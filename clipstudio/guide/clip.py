@@ -64,6 +64,7 @@ class ClipSpec:
 
     arch: str
     checkpoint: str | None  # a local file, or None for random weights
+    openai_jit: bool = False  # an OpenAI TorchScript release file
 
 
 def _sidecar_arch(path: Path) -> str | None:
@@ -107,7 +108,8 @@ def resolve_clip_spec(spec: str, weights_dir: str | None = None) -> ClipSpec:
         )
     from .. import weights
 
-    return ClipSpec(arch, str(weights.fetch(f"open_clip:{arch}:{tag}", weights_dir=weights_dir)))
+    path = weights.fetch(f"open_clip:{arch}:{tag}", weights_dir=weights_dir)
+    return ClipSpec(arch, str(path), openai_jit=(tag == "openai"))
 
 
 class ClipGuide(nn.Module):
@@ -133,6 +135,16 @@ class ClipGuide(nn.Module):
         return nn.functional.normalize(self.model.encode_image((images - self.mean) / self.std).float(), dim=-1)
 
 
+def _create_model(resolved: ClipSpec, device: str) -> nn.Module:
+    import open_clip
+
+    if resolved.openai_jit:
+        # OpenAI's released files are TorchScript archives, which weights_only loading refuses; open_clip
+        # reads them with torch.jit.load (no unpickling of arbitrary objects) and rebuilds the model.
+        return open_clip.load_openai_model(resolved.checkpoint, device=device, jit=False)
+    return open_clip.create_model(resolved.arch, pretrained=resolved.checkpoint, device=device)
+
+
 def _image_size(cfg: dict) -> int:
     size = cfg.get("size", 224)
     return int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -148,7 +160,7 @@ def load_clip(spec: str = DEFAULT_CLIP, device: str = "cpu", weights_dir: str | 
         warnings.warn(f"CLIP '{resolved.arch}' has random weights: use it for tests and timing only")
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # open_clip logs at root
     try:
-        model = open_clip.create_model(resolved.arch, pretrained=resolved.checkpoint, device=device)
+        model = _create_model(resolved, device)
     except Exception as err:  # unpickling and state-dict errors come in many types; all mean a bad file
         if resolved.checkpoint is None:
             raise

@@ -1,0 +1,109 @@
+"""The ``primitives`` generator: a few flat-coloured, differentiably rasterized shapes over a flat background,
+in the spirit of CLIPDraw (Frans et al. 2021), which optimizes vector strokes instead of pixels.
+
+Each primitive has a position, a size, a colour, an opacity and a shape type (circle, axis-aligned square,
+upward equilateral triangle). Coverage comes from a signed distance to the shape's edge through a sigmoid a
+pixel or so wide, so gradients reach position and size through the edges. The shape type is chosen
+straight-through: the forward pass draws the most likely type, the backward pass follows the softmax.
+Such an image has no pixel-scale texture in which an adversarial pattern could hide.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ClipstudioError
+from .base import Generator, resize_init
+
+SHAPE_TYPES = ("circle", "square", "triangle")
+MIN_SIZE, MAX_SIZE = 0.1, 0.75  # bounding-box side, as a fraction of the canvas side
+_SQRT3 = math.sqrt(3.0)
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-4, 1 - 1e-4)
+    return torch.log(p / (1 - p))
+
+
+def circle_sdf(dx: torch.Tensor, dy: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Signed distance to a circle of diameter ``size`` centred at the origin (negative inside)."""
+    return (dx * dx + dy * dy).sqrt() - size / 2
+
+
+def square_sdf(dx: torch.Tensor, dy: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Chebyshev distance to an axis-aligned square of side ``size`` centred at the origin."""
+    return torch.maximum(dx.abs(), dy.abs()) - size / 2
+
+
+def triangle_sdf(dx: torch.Tensor, dy: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Distance (max of three half-planes) to an upward equilateral triangle whose bounding box of width
+    ``size`` and height ``size*sqrt(3)/2`` is centred at the origin (y points down)."""
+    half_h = size * _SQRT3 / 4
+    base = dy - half_h  # below the base edge is outside
+    # The slanted edges run from the apex (0, -half_h) to the base corners; outward unit normals (+-sqrt3/2, -1/2).
+    slant = (_SQRT3 / 2) * dx.abs() - 0.5 * (dy + half_h)
+    return torch.maximum(base, slant)
+
+
+SDFS = (circle_sdf, square_sdf, triangle_sdf)
+
+
+class PrimitivesGenerator(Generator):
+    """``count`` shapes over a background; options: ``count`` (default 2), ``edge`` (edge width in pixels)."""
+
+    def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None,
+                 count: int | str = 2, edge: float | str = 1.0, **options):
+        super().__init__(size, init_image, **options)
+        try:
+            self.count, self.edge = int(count), float(edge)
+        except (TypeError, ValueError):
+            raise ClipstudioError(f"primitives options count and edge must be numbers, got {count!r}, {edge!r}") from None
+        if not 1 <= self.count <= 16 or self.edge <= 0:
+            raise ClipstudioError(f"primitives needs 1 <= count <= 16 and edge > 0, got {count}, {edge}")
+        k = self.count
+        background = torch.rand(3) * 0.5 + 0.25
+        if init_image is not None:  # the init image's mean colour becomes the background
+            background = resize_init(init_image, self.width, self.height).mean(dim=(0, 2, 3))
+        self.background = nn.Parameter(_logit(background))
+        self.position = nn.Parameter(_logit(torch.rand(k, 2) * 0.5 + 0.25))
+        self.size_logit = nn.Parameter(_logit(torch.rand(k) * 0.4 + 0.3))
+        self.colour = nn.Parameter(torch.randn(k, 3))
+        self.opacity = nn.Parameter(torch.full((k,), 2.0))
+        self.shape_logits = nn.Parameter(torch.randn(k, len(SHAPE_TYPES)) * 0.1)
+        ys = (torch.arange(self.height) + 0.5) / self.height
+        xs = (torch.arange(self.width) + 0.5) / self.width
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        self.register_buffer("grid_x", grid_x, persistent=False)
+        self.register_buffer("grid_y", grid_y, persistent=False)
+
+    def sizes(self) -> torch.Tensor:
+        """Bounding-box sides as fractions of the canvas side."""
+        return MIN_SIZE + (MAX_SIZE - MIN_SIZE) * torch.sigmoid(self.size_logit)
+
+    def shape_weights(self) -> torch.Tensor:
+        """Straight-through one-hot shape choice: hard forward, softmax gradient backward."""
+        soft = self.shape_logits.softmax(-1)
+        hard = nn.functional.one_hot(soft.argmax(-1), len(SHAPE_TYPES)).to(soft)
+        return hard + soft - soft.detach()
+
+    def coverage(self, index: int) -> torch.Tensor:
+        """Soft coverage in [0, 1] of primitive ``index``, (H, W)."""
+        centre = torch.sigmoid(self.position[index])
+        size = self.sizes()[index]
+        # Work in pixels of the short side so the edge width is in pixels.
+        scale = min(self.width, self.height)
+        dx = (self.grid_x - centre[0]) * self.width / scale
+        dy = (self.grid_y - centre[1]) * self.height / scale
+        weights = self.shape_weights()[index]
+        sdf = sum(w * sdf_fn(dx, dy, size) for w, sdf_fn in zip(weights, SDFS))
+        return torch.sigmoid(-sdf * scale / self.edge)
+
+    def forward(self) -> torch.Tensor:
+        image = torch.sigmoid(self.background).view(1, 3, 1, 1).expand(1, 3, self.height, self.width)
+        colours, alphas = torch.sigmoid(self.colour), torch.sigmoid(self.opacity)
+        for index in range(self.count):
+            a = (alphas[index] * self.coverage(index)).view(1, 1, self.height, self.width)
+            image = image * (1 - a) + colours[index].view(1, 3, 1, 1) * a
+        return image
