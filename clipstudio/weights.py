@@ -1,0 +1,307 @@
+"""One place that maps weight names to files, and finds or downloads them.
+
+Each :class:`WeightsEntry` names one file, the mirrors it can be downloaded from (tried in order), its sha256
+where it is actually known (``None`` otherwise: never invented), and its licence.
+
+:func:`fetch` looks for the file, in order:
+
+1. the weights folder: the ``weights_dir`` argument (CLI ``--weights-dir``) or ``$CLIPSTUDIO_WEIGHTS``;
+   ``FOLDER/FILENAME`` or ``FOLDER/GROUP/FILENAME``. Files there are the user's and are used as they are;
+2. the cache, ``$CLIPSTUDIO_HOME/weights`` (default ``~/.cache/clipstudio/weights``);
+3. the mirrors, one after another (urllib; written to a temporary file, checked against the sha256 when known,
+   then moved into the cache with ``os.replace`` so the cache never holds a partial or rejected file).
+
+Offline (``offline=True`` or ``CLIPSTUDIO_OFFLINE=1``) step 3 is skipped and a missing file is one line naming
+the file and the folder to put it in.
+
+Names: ``GROUP.PART`` for the built-in entries (``vqgan_imagenet_f16_16384.ckpt``, ``taef2.encoder``, ...; see
+:func:`list_weights`), and ``open_clip:ARCH:TAG`` (e.g. ``open_clip:ViT-B-32:openai``) for any pretrained
+weights that ``open_clip.list_pretrained()`` knows, derived from ``open_clip.get_pretrained_cfg``.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ClipstudioError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One weights file: where to get it and how to check it."""
+
+    name: str
+    filename: str
+    urls: list[str]  # mirrors, tried in order; all must serve the same bytes (one sha256)
+    sha256: str | None
+    license: str
+    note: str = ""
+    group: str = ""  # files that belong together (a checkpoint and its config); also a weights-dir subfolder
+
+
+# --- built-in registry -----------------------------------------------------------------------------------
+
+_HEIBOX = "https://heibox.uni-heidelberg.de/d/{share}/files/?p={path}&dl=1"
+_TAMING_LICENSE = "MIT (CompVis/taming-transformers; code and released checkpoints)"
+_NO_SHA = "sha256 not recorded by the publisher and not known to us, so the download is not verified"
+
+
+def _vqgan_entries(model: str, share: str, ckpt_mirrors: list[str], yaml_mirrors: list[str],
+                   about: str) -> list[WeightsEntry]:
+    ckpt_urls = [_HEIBOX.format(share=share, path="%2Fckpts%2Flast.ckpt"), *ckpt_mirrors]
+    yaml_urls = [_HEIBOX.format(share=share, path="%2Fconfigs%2Fmodel.yaml"), *yaml_mirrors]
+    return [
+        WeightsEntry(f"{model}.ckpt", f"{model}.ckpt", ckpt_urls, None, _TAMING_LICENSE,
+                     f"{about}; Lightning checkpoint ({_NO_SHA})", model),
+        WeightsEntry(f"{model}.yaml", f"{model}.yaml", yaml_urls, None, _TAMING_LICENSE,
+                     f"{about}; model config ({_NO_SHA})", model),
+    ]
+
+
+_TAESD_RAW = ["https://raw.githubusercontent.com/madebyollin/taesd/{ref}/{file}",
+              "https://github.com/madebyollin/taesd/raw/{ref}/{file}"]
+_TAESD_ABOUT = {
+    "taesd": "TAESD, tiny autoencoder for the Stable Diffusion 1.x/2.x latent space (4 channels)",
+    "taesdxl": "TAESDXL, tiny autoencoder for the SDXL latent space (4 channels)",
+    "taesd3": "TAESD3, tiny autoencoder for the Stable Diffusion 3 latent space (16 channels)",
+    "taef1": "TAEF1, tiny autoencoder for the FLUX.1 latent space (16 channels)",
+}
+# TAEF2 is pinned to the commit whose files /work/shared/weights/taef2/README.md hashed.
+_TAEF2_COMMIT = "5cccb12dc72074a4be35680c3b108548a7c69978"
+_TAEF2_SHA256 = {
+    "encoder": "10a4e1021e89d7551eaf161352da8dbd0b1aa83872ae28b150c1df1ce2f147b6",
+    "decoder": "0a44a31e1ae59eb9dbf9359d24942fd3ef5928162c1800d97a28c61d51be0ab5",
+}
+
+
+def _tae_entries() -> list[WeightsEntry]:
+    entries = []
+    for model, about in _TAESD_ABOUT.items():
+        for part in ("encoder", "decoder"):
+            file = f"{model}_{part}.pth"
+            entries.append(WeightsEntry(
+                f"{model}.{part}", file, [u.format(ref="main", file=file) for u in _TAESD_RAW], None,
+                "MIT (madebyollin/taesd)", f"{about}; {part}, plain state dict ({_NO_SHA}; tracks the main branch)",
+                model,
+            ))
+    for part, sha in _TAEF2_SHA256.items():
+        file = f"taef2_{part}.pth"
+        entries.append(WeightsEntry(
+            f"taef2.{part}", file, [u.format(ref=_TAEF2_COMMIT, file=file) for u in _TAESD_RAW], sha,
+            "MIT (madebyollin/taesd)",
+            f"TAEF2, tiny autoencoder for the FLUX.2 latent space (32 channels); {part}, plain state dict, "
+            f"pinned to commit {_TAEF2_COMMIT[:12]}", "taef2",
+        ))
+    return entries
+
+
+WEIGHTS: dict[str, WeightsEntry] = {
+    e.name: e
+    for e in [
+        *_vqgan_entries(
+            "vqgan_imagenet_f16_1024", "8088892a516d4e3baf92",
+            ["http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_1024.ckpt"], [],
+            "taming-transformers VQGAN, ImageNet, f=16, 1024 codes",
+        ),
+        *_vqgan_entries(
+            "vqgan_imagenet_f16_16384", "a7530b09fed84f80a887",
+            ["http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_16384.ckpt",
+             "https://github.com/mehdidc/feed_forward_vqgan_clip/releases/download/0.1/vqgan_imagenet_f16_16384.ckpt"],
+            ["http://mirror.io.community/blob/vqgan/vqgan_imagenet_f16_16384.yaml",
+             "https://github.com/mehdidc/feed_forward_vqgan_clip/releases/download/0.1/vqgan_imagenet_f16_16384.yaml"],
+            "taming-transformers VQGAN, ImageNet, f=16, 16384 codes (the VQGAN+CLIP default)",
+        ),
+        *_vqgan_entries(
+            "vqgan_gumbel_f8_8192", "2e5662443a6b4307b470", [], [],
+            "taming-transformers Gumbel VQGAN, OpenImages, f=8, 8192 codes (was openimages_f16_8192)",
+        ),
+        *_tae_entries(),
+    ]
+}
+VQGAN_MODELS = ("vqgan_imagenet_f16_1024", "vqgan_imagenet_f16_16384", "vqgan_gumbel_f8_8192")
+
+
+# --- open_clip -------------------------------------------------------------------------------------------
+
+def open_clip_entry(arch: str, tag: str) -> WeightsEntry:
+    """The entry for open_clip's pretrained weights ``ARCH:TAG`` (named ``open_clip:ARCH:TAG``).
+
+    OpenAI's URLs carry the file's sha256 as their folder name, so those downloads are verified; the Hugging
+    Face files open_clip uses for the other tags publish no hash in open_clip's table, so those are not.
+    """
+    try:
+        import open_clip
+    except ModuleNotFoundError:
+        raise ClipstudioError("open_clip weights need the 'open_clip_torch' package: pip install open_clip_torch") \
+            from None
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        hint = f"tags for {arch}: {', '.join(tags)}" if tags else "see open_clip.list_pretrained() for ARCH:TAG pairs"
+        raise ClipstudioError(f"unknown open_clip weights '{arch}:{tag}'; {hint}")
+    name = f"open_clip:{arch}:{tag}"
+    url = cfg.get("url") or ""
+    if "openaipublic" in url:
+        sha = url.rstrip("/").split("/")[-2]
+        ext = os.path.splitext(url)[1] or ".pt"
+        return WeightsEntry(name, f"open_clip-{arch}-{tag}{ext}", [url], sha if len(sha) == 64 else None,
+                            "MIT (openai/CLIP)",
+                            "OpenAI CLIP TorchScript archive: load it with open_clip.load_openai_model(path), "
+                            "since torch.load(weights_only=True) refuses TorchScript", "open_clip")
+    hub = cfg.get("hf_hub") or ""
+    if hub:
+        # open_clip's convention: "org/repo/" means its default file name, "org/repo/file" names the file.
+        model_id, hub_file = os.path.split(hub)
+        hub_file = hub_file or "open_clip_pytorch_model.bin"
+        return WeightsEntry(
+            name, f"open_clip-{arch}-{tag}-{hub_file}",
+            [f"https://huggingface.co/{model_id}/resolve/main/{hub_file}"], None,
+            f"see the model card at https://huggingface.co/{model_id}",
+            f"open_clip weights from the Hugging Face repo {model_id} ({_NO_SHA})", "open_clip",
+        )
+    if url:
+        return WeightsEntry(name, f"open_clip-{arch}-{tag}-{os.path.basename(url)}", [url], None,
+                            "see the open_clip README", f"open_clip weights ({_NO_SHA})", "open_clip")
+    raise ClipstudioError(f"open_clip has no download location for '{arch}:{tag}'")
+
+
+# --- lookup ----------------------------------------------------------------------------------------------
+
+def list_weights(include_open_clip: bool = False) -> list[WeightsEntry]:
+    """The built-in entries, sorted by name; with ``include_open_clip``, also every open_clip ARCH:TAG."""
+    entries = sorted(WEIGHTS.values(), key=lambda e: e.name)
+    if include_open_clip:
+        import open_clip
+
+        entries += [open_clip_entry(arch, tag) for arch, tag in open_clip.list_pretrained()]
+    return entries
+
+
+def get_entry(name: str) -> WeightsEntry:
+    """The entry called ``name``; an unknown name is a one-line error listing the valid ones."""
+    if name.startswith("open_clip:"):
+        parts = name.split(":")
+        if len(parts) != 3 or not all(parts[1:]):
+            raise ClipstudioError(f"open_clip weights are named open_clip:ARCH:TAG, got '{name}'")
+        return open_clip_entry(parts[1], parts[2])
+    if name not in WEIGHTS:
+        raise ClipstudioError(
+            f"unknown weights '{name}'; choose one of: {', '.join(sorted(WEIGHTS))}, or open_clip:ARCH:TAG"
+        )
+    return WEIGHTS[name]
+
+
+def cache_dir() -> Path:
+    """The download cache: ``$CLIPSTUDIO_HOME/weights``, default ``~/.cache/clipstudio/weights``."""
+    home = os.environ.get("CLIPSTUDIO_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "clipstudio")
+    return Path(home) / "weights"
+
+
+def weights_folder(weights_dir: str | os.PathLike | None = None) -> Path | None:
+    """The user's weights folder: ``weights_dir`` if given, else ``$CLIPSTUDIO_WEIGHTS`` if set."""
+    value = weights_dir or os.environ.get("CLIPSTUDIO_WEIGHTS")
+    return Path(value).expanduser() if value else None
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """``offline`` if given, else whether ``$CLIPSTUDIO_OFFLINE`` is set to a true value."""
+    if offline is not None:
+        return bool(offline)
+    return os.environ.get("CLIPSTUDIO_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def find_local(entry: WeightsEntry, weights_dir: str | os.PathLike | None = None) -> Path | None:
+    """The file of ``entry`` in the weights folder or the cache, or None; never downloads."""
+    folder = weights_folder(weights_dir)
+    if folder is not None:
+        for candidate in (folder / entry.filename, folder / entry.group / entry.filename):
+            if candidate.is_file():
+                return candidate
+    cached = cache_dir() / entry.filename
+    return cached if cached.is_file() else None
+
+
+def fetch(name: str, weights_dir: str | os.PathLike | None = None, offline: bool | None = None) -> Path:
+    """Path to the weights file ``name``: from the weights folder, the cache, or a mirror (see module doc)."""
+    entry = get_entry(name)
+    local = find_local(entry, weights_dir)
+    if local is not None:
+        return local
+    if is_offline(offline):
+        where = weights_folder(weights_dir) or cache_dir()
+        raise ClipstudioError(
+            f"weights '{name}' not found offline: put {entry.filename} in {where} (download: {entry.urls[0]})"
+        )
+    return fetch_url_list(entry.urls, cache_dir() / entry.filename, entry.sha256, what=f"weights '{name}'")
+
+
+def fetch_url_list(urls: list[str], dest: Path, sha256: str | None = None, what: str = "file") -> Path:
+    """Download ``dest`` from the first of ``urls`` that answers; check ``sha256`` when given.
+
+    A failing mirror (HTTP error, unreachable) moves on to the next; a file whose sha256 differs is deleted
+    and raises at once (a mirror serving wrong bytes is not something to paper over).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for url in urls:
+        try:
+            return _download(url, dest, sha256)
+        except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
+            reason = getattr(err, "reason", None) or err
+            failures.append(f"{url}: {reason}")
+            log.info("mirror failed: %s (%s)", url, reason)
+    raise ClipstudioError(
+        f"could not download {what} from any mirror ({'; '.join(failures) or 'no mirrors'}); "
+        f"put {dest.name} in {dest.parent} or a --weights-dir folder"
+    )
+
+
+def _download(url: str, dest: Path, sha256: str | None) -> Path:
+    """One mirror: stream to a temporary file beside ``dest``, verify, then atomically move into place."""
+    log.info("downloading %s", url)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest, received = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+            expected = response.headers.get("Content-Length")
+            while chunk := response.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                received += len(chunk)
+        # http.client ends a cut-off body quietly; without a sha256 this is the only sign of a truncated file.
+        if expected is not None and expected.isdigit() and received != int(expected):
+            raise OSError(f"connection closed after {received} of {expected} bytes")
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise ClipstudioError(
+                f"sha256 mismatch for {dest.name} from {url}: expected {sha256}, got {digest.hexdigest()}; "
+                "the file was deleted"
+            )
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)  # no-op after os.replace; removes partial or rejected downloads
+
+
+def fetch_group(group: str, parts: tuple[str, ...], weights_dir: str | os.PathLike | None = None,
+                offline: bool | None = None) -> dict[str, Path]:
+    """Fetch the files ``GROUP.PART`` for each part, e.g. ``fetch_group("taef2", ("encoder", "decoder"))``."""
+    return {part: fetch(f"{group}.{part}", weights_dir, offline) for part in parts}
+
+
+__all__ = [
+    "VQGAN_MODELS", "WEIGHTS", "WeightsEntry", "cache_dir", "fetch", "fetch_group", "fetch_url_list",
+    "find_local", "get_entry", "is_offline", "list_weights", "open_clip_entry", "weights_folder",
+]
