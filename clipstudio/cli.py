@@ -81,7 +81,7 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="save the run state here every --checkpoint-every steps; resume from it if it exists")
     parser.add_argument("--checkpoint-every", type=int, default=50)
-    parser.add_argument("--candidates", type=int, default=1,
+    parser.add_argument("--candidates", type=int, default=S,
                         help="CLIP ranking: generate N candidates (seeds seed..seed+N-1) and keep the best")
     parser.add_argument("--keep", type=int, default=1, help="how many ranked candidates to write (OUT-1.png, ...)")
     parser.add_argument("--rank-clip", default=None, help="CLIP model that ranks candidates (default: the first --clip)")
@@ -91,7 +91,7 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
 # argparse destination -> GenerateConfig field, where the names differ.
 _FIELD_NAMES = {"negative": "negative", "image_prompt": "image_prompts", "augment": "augments"}
 _NOT_SETTINGS = {"command", "output", "from_png", "recipe", "save_every", "quiet", "gen_opt", "trust_checkpoint",
-                 "repeat", "threads", "checkpoint", "checkpoint_every", "candidates", "keep", "rank_clip",
+                 "repeat", "threads", "checkpoint", "checkpoint_every", "keep", "rank_clip",
                  "size", "func"}
 
 
@@ -127,7 +127,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     config = GenerateConfig.from_dict(settings_from_args(args)).validate()
     output = check_writable(args.output)  # fail before the work, not after
-    if args.candidates > 1:
+    if config.candidates > 1:
         return _generate_ranked(args, config, output)
     frames_dir = None
     if args.save_every:
@@ -154,10 +154,10 @@ def _generate_ranked(args: argparse.Namespace, config, output: Path) -> int:
 
     options = config.to_full_dict()
     prompt = options.pop("prompt")
-    ranked = generate_ranked(prompt, args.candidates, args.keep, args.rank_clip, **options)
+    ranked = generate_ranked(prompt, args.keep, args.rank_clip, **options)
     for rank, (score, result) in enumerate(ranked, start=1):
         path = result.save(_ranked_path(output, rank, args.keep))
-        print(f"wrote {path} (seed {result.settings.seed}, CLIP score {score:.4f}, rank {rank}/{args.candidates})")
+        print(f"wrote {path} (seed {result.settings.seed}, CLIP score {score:.4f}, rank {rank}/{config.candidates})")
     return 0
 
 
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line_warnings() -> None:
     warnings.formatwarning = lambda message, category, *a, **k: f"clipstudio: warning: {message}\n"
+    # Deprecation chatter from dependencies (lpips calls torchvision the old way) is not the user's business.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\..*")
 
 
 def main(argv: list[str] | None = None) -> int:

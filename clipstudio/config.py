@@ -44,6 +44,7 @@ class GenerateConfig:
     perceptual: float = 0.0
     perceptual_net: str = "alex"
     init_image: str | None = None
+    candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
     device: str = "cpu"
 
@@ -63,6 +64,8 @@ class GenerateConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ClipstudioError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.candidates < 1:
+            raise ClipstudioError(f"candidates must be at least 1, got {self.candidates}")
         if self.cutn < 1:
             raise ClipstudioError(f"cutn must be at least 1, got {self.cutn}")
         from .generators import GENERATORS, list_generators

@@ -40,18 +40,24 @@ def rank_images(images: Sequence[Image.Image], prompt: str, clip: str, negative:
     return sorted(range(len(images)), key=lambda i: -scores[i])
 
 
-def generate_ranked(prompt: str, candidates: int, keep: int = 1, rank_clip: str | None = None,
+def generate_ranked(prompt: str, keep: int = 1, rank_clip: str | None = None,
                     **options: Any) -> list[tuple[float, Any]]:
-    """Run ``generate`` with seeds ``seed .. seed+candidates-1`` and return the ``keep`` best
-    ``(score, result)`` pairs, best first. ``rank_clip`` defaults to the first guiding model."""
-    from .studio import generate, make_config
+    """Run one guided generation per seed ``seed .. seed+candidates-1`` (``candidates`` is a setting) and return the ``keep`` best
+    ``(score, result)`` pairs, best first. ``rank_clip`` defaults to the first guiding model.
 
+    Each result records the settings of its own run (its seed, one candidate), so ``--from`` on a kept
+    image reproduces exactly that image.
+    """
+    from .studio import Studio, make_config
+
+    base = make_config(prompt, **options)
+    candidates = base.candidates
     if candidates < 1 or not 1 <= keep <= candidates:
         raise ClipstudioError(f"need candidates >= 1 and 1 <= keep <= candidates, got {candidates} and {keep}")
-    base = make_config(prompt, **options)
-    results = [generate(prompt, **{**options, "seed": base.seed + i}) for i in range(candidates)]
+    runs = [base.replace(seed=base.seed + i, candidates=1) for i in range(candidates)]
+    results = [Studio(config).run() for config in runs]
     clip = rank_clip or base.clip[0]
-    prompts = parse_prompts(prompt) + [negative_prompt(n) for n in base.negative]
+    prompts = parse_prompts(prompt) + [negative_prompt(n) for n in base.negative] if prompt.strip() else []
     scores = clip_scores([r.image for r in results], prompts, clip, base.device)
     order = sorted(range(candidates), key=lambda i: -scores[i])
     return [(scores[i], results[i]) for i in order[:keep]]

@@ -288,5 +288,13 @@ def make_config(prompt: str = "", **options: Any) -> GenerateConfig:
 
 def generate(prompt: str, *, callback: Callable[[Studio, StepInfo], Any] | None = None, progress: bool = False,
              **options: Any) -> GenerateResult:
-    """Generate an image for ``prompt``; options are :class:`GenerateConfig` fields (``size=(W, H)`` too)."""
-    return Studio(make_config(prompt, **options)).run(callback=callback, progress=progress)
+    """Generate an image for ``prompt``; options are :class:`GenerateConfig` fields (``size=(W, H)`` too).
+
+    With ``candidates=N`` > 1, N seeds run and the image the first CLIP model scores best is returned.
+    """
+    config = make_config(prompt, **options)
+    if config.candidates > 1:
+        from .ranking import generate_ranked
+
+        return generate_ranked(prompt, **options)[0][1]
+    return Studio(config).run(callback=callback, progress=progress)

@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover
 
 VARIANTS = {
     "pixels": [{"parametrization": "fourier"}, {"parametrization": "rgb"}, {"parametrization": "rgb", "downscale": 4}],
-    "primitives": [{"count": 2}, {"count": 1, "edge": 2.0}],
+    "primitives": [{"count": 2}, {"count": 1, "edge": 2.0}, {"palette": "shapes"}],
 }
 
 

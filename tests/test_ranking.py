@@ -25,4 +25,13 @@ def test_generate_ranked_returns_best_first(tiny_options):
 
 def test_bad_counts(tiny_options):
     with pytest.raises(ClipstudioError):
-        generate_ranked("a red circle", candidates=2, keep=3, **tiny_options)
+        generate_ranked("a red circle", keep=3, candidates=2, **tiny_options)
+
+
+def test_generate_with_candidates_returns_the_best_run_with_its_own_settings(tiny_options):
+    import clipstudio
+
+    best = clipstudio.generate("a red circle", candidates=3, **tiny_options)
+    assert best.settings.candidates == 1 and best.settings.seed in {0, 1, 2}
+    again = clipstudio.generate("a red circle", **{**tiny_options, "seed": best.settings.seed})
+    assert list(again.image.getdata()) == list(best.image.getdata())

@@ -50,12 +50,56 @@ def triangle_sdf(dx: torch.Tensor, dy: torch.Tensor, size: torch.Tensor) -> torc
 SDFS = (circle_sdf, square_sdf, triangle_sdf)
 
 
+def named_palettes() -> dict[str, torch.Tensor]:
+    """Palettes by name, as (N, 3) tensors in [0, 1]."""
+    from ..world.render import PALETTE
+
+    return {"shapes": torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 255}
+
+
+def parse_palette(spec: str | None) -> torch.Tensor | None:
+    """``None`` (free colours), a palette name, or comma-separated ``#rrggbb`` colours."""
+    if spec in (None, "", "none"):
+        return None
+    palettes = named_palettes()
+    if spec in palettes:
+        return palettes[spec]
+    try:
+        colours = [[int(c.strip().lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)] for c in spec.split(",")]
+    except ValueError:
+        colours = []
+    if len(colours) < 2 or any(len(c) != 3 for c in colours):
+        raise ClipstudioError(f"palette must be one of {', '.join(palettes)} or '#rrggbb,#rrggbb,...', got {spec!r}")
+    return torch.tensor(colours, dtype=torch.float32) / 255
+
+
+def straight_through_choice(logits: torch.Tensor) -> torch.Tensor:
+    """One-hot of the argmax in the forward pass, the softmax's gradient in the backward pass."""
+    soft = logits.softmax(-1)
+    hard = nn.functional.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft)
+    return hard + soft - soft.detach()
+
+
 class PrimitivesGenerator(Generator):
-    """``count`` shapes over a background; options: ``count`` (default 2), ``edge`` (edge width in pixels)."""
+    """``count`` shapes over a background.
+
+    Options: ``count`` (default 2), ``edge`` (edge width in pixels), ``palette`` (a limited palette, as in
+    pixray: a name such as ``shapes`` or ``#rrggbb,...``; each colour is then chosen straight-through).
+    """
 
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None,
-                 count: int | str = 2, edge: float | str = 1.0, **options):
+                 count: int | str = 2, edge: float | str = 1.0, palette: str | None = None,
+                 anneal_steps: int | str = 0, **options):
         super().__init__(size, init_image, **options)
+        # Discrete choices (shape type, palette colour) start as soft mixtures and harden over ``anneal_steps``
+        # post-step calls (temperature 1 -> 0.02, as in Gumbel-softmax annealing); 0 means straight-through.
+        self.anneal_steps = int(anneal_steps)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        palette_colours = parse_palette(palette)
+        if palette_colours is not None:
+            self.register_buffer("palette", palette_colours, persistent=False)
+        else:
+            self.palette = None
         try:
             self.count, self.edge = int(count), float(edge)
         except (TypeError, ValueError):
@@ -66,10 +110,14 @@ class PrimitivesGenerator(Generator):
         background = torch.rand(3) * 0.5 + 0.25
         if init_image is not None:  # the init image's mean colour becomes the background
             background = resize_init(init_image, self.width, self.height).mean(dim=(0, 2, 3))
-        self.background = nn.Parameter(_logit(background))
+        if self.palette is None:
+            self.background = nn.Parameter(_logit(background))
+            self.colour = nn.Parameter(torch.randn(k, 3))
+        else:  # logits over the palette's colours
+            self.background = nn.Parameter(torch.randn(len(self.palette)) * 0.1)
+            self.colour = nn.Parameter(torch.randn(k, len(self.palette)) * 0.1)
         self.position = nn.Parameter(_logit(torch.rand(k, 2) * 0.5 + 0.25))
         self.size_logit = nn.Parameter(_logit(torch.rand(k) * 0.4 + 0.3))
-        self.colour = nn.Parameter(torch.randn(k, 3))
         self.opacity = nn.Parameter(torch.full((k,), 2.0))
         self.shape_logits = nn.Parameter(torch.randn(k, len(SHAPE_TYPES)) * 0.1)
         ys = (torch.arange(self.height) + 0.5) / self.height
@@ -84,9 +132,33 @@ class PrimitivesGenerator(Generator):
 
     def shape_weights(self) -> torch.Tensor:
         """Straight-through one-hot shape choice: hard forward, softmax gradient backward."""
-        soft = self.shape_logits.softmax(-1)
-        hard = nn.functional.one_hot(soft.argmax(-1), len(SHAPE_TYPES)).to(soft)
-        return hard + soft - soft.detach()
+        return self.choice(self.shape_logits)
+
+    def temperature(self) -> float:
+        """Softmax temperature of the discrete choices now (0 once annealing is over)."""
+        if not self.anneal_steps or int(self.steps_done) >= self.anneal_steps:
+            return 0.0
+        return 0.02 ** (int(self.steps_done) / self.anneal_steps)
+
+    def choice(self, logits: torch.Tensor) -> torch.Tensor:
+        """Soft choice while annealing, then straight-through hard choice."""
+        tau = self.temperature()
+        return (logits / tau).softmax(-1) if tau > 0 else straight_through_choice(logits)
+
+    def post_step(self) -> None:
+        self.steps_done += 1
+
+    def alphas(self) -> torch.Tensor:
+        """Each primitive is either drawn or not: hard 0/1 forward, sigmoid gradient backward, so no
+        half-transparent ghost can linger that the prompt never asked for."""
+        soft = torch.sigmoid(self.opacity)
+        return (soft > 0.5).to(soft) + soft - soft.detach()
+
+    def colours(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Background (3,) and primitive (count, 3) colours in [0, 1]."""
+        if self.palette is None:
+            return torch.sigmoid(self.background), torch.sigmoid(self.colour)
+        return self.choice(self.background) @ self.palette, self.choice(self.colour) @ self.palette
 
     def coverage(self, index: int) -> torch.Tensor:
         """Soft coverage in [0, 1] of primitive ``index``, (H, W)."""
@@ -101,8 +173,9 @@ class PrimitivesGenerator(Generator):
         return torch.sigmoid(-sdf * scale / self.edge)
 
     def forward(self) -> torch.Tensor:
-        image = torch.sigmoid(self.background).view(1, 3, 1, 1).expand(1, 3, self.height, self.width)
-        colours, alphas = torch.sigmoid(self.colour), torch.sigmoid(self.opacity)
+        background, colours = self.colours()
+        image = background.view(1, 3, 1, 1).expand(1, 3, self.height, self.width)
+        alphas = self.alphas()
         for index in range(self.count):
             a = (alphas[index] * self.coverage(index)).view(1, 1, self.height, self.width)
             image = image * (1 - a) + colours[index].view(1, 3, 1, 1) * a
