@@ -252,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     wts.add_argument("names", nargs="*", help="weights names (see the list), e.g. taef2_decoder")
     wts.add_argument("--weights-dir", default=None)
     for command, whats in (("train", ["clip", "diffusion"]), ("eval", ["clip", "generate"]), ("demo", ["spiral"])):
-        p = sub.add_parser(command, help=f"{command} ({', '.join(whats)}); see '{command} WHAT --help'")
+        # No -h here: "train clip --help" must reach the delegated command's own parser.
+        p = sub.add_parser(command, help=f"{command} ({', '.join(whats)}); see '{command} WHAT --help'",
+                           add_help=False)
         p.add_argument("what", choices=whats)
     sub.add_parser("diffuse", help="sample the CFG diffusion backend (see 'diffuse --help')", add_help=False)
     sub.add_parser("compare", help="compare CLIP guidance and CFG diffusion on prompts", add_help=False)
