@@ -19,6 +19,7 @@ DELEGATED = {
     ("train", "diffusion"): "clipstudio.train.diffusion_train:main",
     ("eval", "clip"): "clipstudio.world.zeroshot:main",
     ("eval", "generate"): "clipstudio.world.adherence:main",
+    ("eval", "diffusion"): "clipstudio.diffusion.shapes_model:eval_main",
     ("demo", "spiral"): "clipstudio.diffusion.spiral:main",
     ("diffuse", None): "clipstudio.diffusion.backend:main",
     ("compare", None): "clipstudio.diffusion.compare:main",
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     wts = sub.add_parser("weights", help="list known model files, or fetch some by name")
     wts.add_argument("names", nargs="*", help="weights names (see the list), e.g. taef2_decoder")
     wts.add_argument("--weights-dir", default=None)
-    for command, whats in (("train", ["clip", "diffusion"]), ("eval", ["clip", "generate"]), ("demo", ["spiral"])):
+    for command, whats in (("train", ["clip", "diffusion"]), ("eval", ["clip", "generate", "diffusion"]), ("demo", ["spiral"])):
         # No -h here: "train clip --help" must reach the delegated command's own parser.
         p = sub.add_parser(command, help=f"{command} ({', '.join(whats)}); see '{command} WHAT --help'",
                            add_help=False)

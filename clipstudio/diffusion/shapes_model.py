@@ -1,0 +1,297 @@
+"""The shapes-world text-to-image diffusion model: a small diffusers UNet2DConditionModel in 32 px pixel space.
+
+Design (chosen for CPU training time):
+
+* **Pixel space, 32 px, space-to-depth.** The 32x32x3 image is rearranged losslessly into a
+  16x16x12 tensor (``pixel_unshuffle(x, 2)``) and the UNet runs on that. The rearrangement is a
+  permutation of coordinates, so i.i.d. Gaussian noise stays i.i.d. and the diffusion is exactly a
+  pixel-space diffusion; but the UNet's widest convolutions run at 16x16, four times cheaper than
+  at 32x32. No autoencoder is needed (a VAE would itself need training, and 32 px is the smallest
+  canvas the shapes world supports and the checker reads).
+* **Text conditioning: token states of the guide's text tower.** Cross-attention reads the
+  per-token hidden states (after ``ln_final``) of the open_clip ``shapes-guide`` text transformer,
+  frozen. A snapshot of that tower is stored inside the checkpoint (transformer, positions,
+  ``ln_final`` and only the token-embedding rows of the world's vocabulary, so it stays small), so
+  the model keeps working when the guide is retrained.
+* **v prediction, linear DDPM betas (1e-4..0.02, 1000 steps)**, so DDPM, DDIM and Euler all
+  apply; caption dropout (empty caption) trains the unconditional branch for CFG. (An eps model
+  trained for minutes gives pure-noise x_0 estimates at high noise; v does not.)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from clipstudio.errors import ClipstudioError, missing_extra
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_CHECKPOINT = ASSETS_DIR / "shapes-diffusion.pt"
+GUIDE_CONFIG = Path(__file__).resolve().parent.parent / "guide" / "model_configs" / "shapes-guide.json"
+IMAGE_SIZE = 32
+PATCH = 2                                     # space-to-depth factor: 32x32x3 <-> 16x16x12
+
+# v-prediction (Salimans & Ho 2022). clip_sample stays off: clipping the x_0 estimate while the
+# direction term keeps the unclipped (guided) output pulled DDIM samples off the prompt at w=3
+# (measured: background right in 0/16 prompts with clipping, 16/16 without).
+SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "linear",
+                    "beta_start": 1e-4, "beta_end": 0.02, "prediction_type": "v_prediction", "clip_sample": False}
+# Keys of a checkpoint's scheduler config that describe training; the rest are sampling choices (code's).
+TRAINING_SCHEDULER_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
+
+
+def unet_config(text_width: int = 64) -> dict:
+    """The UNet2DConditionModel config: 16x16x12 input, three levels, cross-attention at 8 and 4 px."""
+    return dict(
+        sample_size=IMAGE_SIZE // PATCH, in_channels=3 * PATCH * PATCH, out_channels=3 * PATCH * PATCH,
+        block_out_channels=(32, 64, 96), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=text_width, attention_head_dim=16, norm_num_groups=16,
+    )
+
+
+def build_unet(config: dict):
+    """A UNet2DConditionModel from a config dict (diffusers imported lazily)."""
+    try:
+        from diffusers import UNet2DConditionModel
+    except ImportError:
+        raise missing_extra("diffusers", "diffusion", "the shapes diffusion model") from None
+    return UNet2DConditionModel(**config)
+
+
+def to_model_space(images: torch.Tensor) -> torch.Tensor:
+    """Images N x 3 x 32 x 32 in [0, 1] -> UNet space N x 12 x 16 x 16 in [-1, 1] (lossless)."""
+    return F.pixel_unshuffle(images * 2 - 1, PATCH)
+
+
+def from_model_space(x: torch.Tensor) -> torch.Tensor:
+    """UNet space -> images in [-1, 1] (the backend maps them to [0, 1])."""
+    return F.pixel_shuffle(x, PATCH)
+
+
+# --------------------------------------------------------------------------- the text tower
+
+def guide_text_cfg() -> dict:
+    """The text_cfg of the shapes-guide open_clip config."""
+    with open(GUIDE_CONFIG) as f:
+        return json.load(f)["text_cfg"]
+
+
+def build_text_tower(text_cfg: dict, embed_dim: int):
+    """An open_clip TextTransformer with the guide's architecture (random weights)."""
+    from open_clip.model import CLIPTextCfg, _build_text_tower
+    return _build_text_tower(embed_dim, CLIPTextCfg(**text_cfg))
+
+
+def world_vocabulary(tokenizer, n_captions: int = 1000, seed: int = 0) -> list[int]:
+    """Token ids used by the shapes world's captions and paraphrases, plus each word alone (for negatives)."""
+    import numpy as np
+
+    from clipstudio.world.captions import paraphrases, random_caption, canonical_caption
+    from clipstudio.world.render import sample_scene
+    rng = np.random.default_rng(seed)
+    texts: list[str] = [""]
+    for _ in range(n_captions):
+        scene = sample_scene(rng)
+        texts.append(random_caption(rng, scene))
+        texts.append(canonical_caption(scene))
+        texts.extend(paraphrases(scene))
+    words = sorted({w.strip(",.") for t in texts for w in t.split()})
+    texts.extend(words)
+    texts.extend(["bright", "dark", "colour", "color", "shape", "object", "big", "tiny"])
+    ids = tokenizer(texts).unique().tolist()
+    return sorted(int(i) for i in ids)
+
+
+def text_tower_snapshot(clip_state: dict, token_ids: Sequence[int]) -> dict:
+    """The text-tower tensors of an open_clip CLIP state dict, with only `token_ids` rows of the embedding."""
+    keep = {}
+    for k, v in clip_state.items():
+        if k.startswith(("transformer.", "ln_final.")) or k in ("positional_embedding", "text_projection"):
+            keep[k] = v.detach().half().clone()
+    ids = torch.tensor(list(token_ids), dtype=torch.long)
+    keep["token_ids"] = ids
+    keep["token_rows"] = clip_state["token_embedding.weight"][ids].detach().half().clone()
+    return keep
+
+
+def load_text_tower(snapshot: dict, text_cfg: dict):
+    """Rebuild the frozen text tower from a snapshot; words outside the stored vocabulary embed as zeros."""
+    proj = snapshot.get("text_projection")
+    tower = build_text_tower(text_cfg, embed_dim=int(proj.shape[1]) if proj is not None else text_cfg["width"])
+    state = {k: v.float() for k, v in snapshot.items() if k not in ("token_ids", "token_rows")}
+    emb = torch.zeros_like(tower.token_embedding.weight)
+    emb[snapshot["token_ids"]] = snapshot["token_rows"].float()
+    state["token_embedding.weight"] = emb
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("text_projection")] + list(unexpected)
+    if bad:
+        raise ClipstudioError(f"corrupt text-tower snapshot in the diffusion checkpoint (keys: {bad[:3]})")
+    return tower.eval()
+
+
+def make_tokenizer(text_cfg: dict):
+    """The open_clip tokenizer the guide uses (SimpleTokenizer at the config's context length)."""
+    from open_clip.tokenizer import SimpleTokenizer
+    return SimpleTokenizer(context_length=text_cfg["context_length"])
+
+
+def load_guide_clip_state(path: Optional[str], seed: int = 0) -> tuple[dict, str]:
+    """(state dict, description) of the guide CLIP at `path`, or of a seeded random one if path is None/missing."""
+    text_cfg = guide_text_cfg()
+    if path and os.path.isfile(path):
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if "state_dict" in sd:
+            sd = sd["state_dict"]
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+        return sd, f"{path} (sha256 {digest})"
+    torch.manual_seed(seed)
+    tower = build_text_tower(text_cfg, embed_dim=text_cfg["width"])
+    return tower.state_dict(), f"random shapes-guide text tower (seed {seed}); guide checkpoint not found"
+
+
+# --------------------------------------------------------------------------- checkpoint -> backend
+
+def load_shapes_backend(path: Optional[str | os.PathLike] = None, device: str = "cpu"):
+    """A CFGBackend for the shipped shapes-diffusion checkpoint (or one at `path`)."""
+    from clipstudio.diffusion.backend import CFGBackend, OpenClipTextEncoder
+    path = Path(path) if path else DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise ClipstudioError(f"missing diffusion checkpoint {path}; train it with "
+                              f"'clipstudio train diffusion --world shapes'")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        unet = build_unet(ck["unet_config"])
+        unet.load_state_dict({k: v.float() for k, v in ck["unet"].items()})
+        tower = load_text_tower(ck["text_tower"], ck["text_cfg"])
+    except ClipstudioError:
+        raise
+    except Exception as e:
+        raise ClipstudioError(f"could not load diffusion checkpoint {path}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    unet.eval().to(device)
+    encoder = OpenClipTextEncoder(tower.to(device), make_tokenizer(ck["text_cfg"]))
+    saved = ck.get("scheduler_config", {})
+    sched_cfg = {**SCHEDULER_CONFIG, **{k: saved[k] for k in TRAINING_SCHEDULER_KEYS if k in saved}}
+    return CFGBackend(unet=unet, text_encoder=encoder, prediction=sched_cfg.get("prediction_type", "epsilon"),
+                      scheduler_config=sched_cfg,
+                      decoder=from_model_space, default_sampler="ddim",
+                      default_guidance=float(ck.get("default_guidance", 3.0)),
+                      default_steps=int(ck.get("default_steps", 50)))
+
+
+def unet_param_count(config: Optional[dict] = None) -> int:
+    """Number of UNet parameters for a config (default: ours)."""
+    return sum(p.numel() for p in build_unet(config or unet_config()).parameters())
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def canonical_prompts(n: int, seed: int = 1234) -> list[str]:
+    """n canonical-grammar prompts, the five forms in turn, from seeded random scenes."""
+    import numpy as np
+
+    from clipstudio.world.captions import canonical_caption
+    from clipstudio.world.render import FORMS, sample_scene
+    rng = np.random.default_rng(seed)
+    return [canonical_caption(sample_scene(rng, FORMS[i % len(FORMS)])) for i in range(n)]
+
+
+def to_uint8(images: torch.Tensor) -> list:
+    """HxWx3 uint8 arrays from an n x 3 x H x W tensor in [0, 1]."""
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return list(arr)
+
+
+def check_pass_rate(backend, prompts: Sequence[str], guidance: Optional[float] = None, steps: int = 50,
+                    seed: int = 0, batch: int = 25, sampler: str = "ddim") -> dict:
+    """Share of prompts whose image passes clipstudio.world.check.check_image, overall and per form."""
+    from clipstudio.world.captions import parse_caption
+    from clipstudio.world.check import check_image
+    per_form: dict[str, list[int]] = {}
+    passed = 0
+    for i in range(0, len(prompts), batch):
+        chunk = list(prompts[i:i + batch])
+        imgs = to_uint8(backend.generate(chunk, guidance=guidance, steps=steps, seed=seed + i, sampler=sampler))
+        for p, img in zip(chunk, imgs):
+            ok = check_image(img, p).passed
+            passed += ok
+            per_form.setdefault(parse_caption(p).form, []).append(int(ok))
+    return {"rate": passed / len(prompts), "n": len(prompts),
+            "per_form": {k: sum(v) / len(v) for k, v in per_form.items()}}
+
+
+def object_colour(img, background: str) -> Optional[str]:
+    """The most common palette colour other than the background (None if under 1% of pixels)."""
+    import numpy as np
+
+    from clipstudio.world.check import classify_pixels
+    from clipstudio.world.render import COLOURS
+    lab = classify_pixels(img)
+    counts = np.bincount(lab[lab >= 0].ravel(), minlength=len(COLOURS)).astype(float)
+    counts[COLOURS.index(background)] = 0
+    if counts.max() < 0.01 * lab.size:
+        return None
+    return COLOURS[int(counts.argmax())]
+
+
+def colour_rate(backend, prompt: str, colour: str, background: str, n: int = 64, negative: Optional[str] = None,
+                guidance: Optional[float] = None, steps: int = 50, seed: int = 0) -> float:
+    """Share of n seeded images for `prompt` (with an optional negative) whose object is `colour`."""
+    imgs = to_uint8(backend.generate(prompt, n=n, negative=negative, guidance=guidance, steps=steps, seed=seed))
+    return sum(object_colour(im, background) == colour for im in imgs) / n
+
+
+def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Measure a shapes-diffusion checkpoint: check pass rate, guidance sweep, negative-prompt colour rates."""
+    import argparse
+    import time
+    ap = argparse.ArgumentParser(prog="clipstudio eval diffusion", description=eval_main.__doc__)
+    ap.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    ap.add_argument("--prompts", type=int, default=100, help="canonical prompts for the pass rate")
+    ap.add_argument("--sweep", default="1,2,4,8", help="guidance weights for the sweep")
+    ap.add_argument("--sweep-prompts", type=int, default=50)
+    ap.add_argument("--negative-seeds", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    be = load_shapes_backend(args.checkpoint)
+    out: dict = {"checkpoint": args.checkpoint, "steps": args.steps, "guidance": args.guidance or be.default_guidance}
+    t0 = time.perf_counter()
+    if args.prompts:
+        r = check_pass_rate(be, canonical_prompts(args.prompts), args.guidance, args.steps)
+        out["pass_rate"] = r
+        print(f"check pass rate at w={out['guidance']}: {r['rate']:.3f} over {r['n']} prompts; per form {r['per_form']}")
+    if args.sweep:
+        out["sweep"] = {}
+        prompts = canonical_prompts(args.sweep_prompts, seed=99)
+        for w in [float(v) for v in args.sweep.split(",")]:
+            r = check_pass_rate(be, prompts, w, args.steps, seed=1)
+            out["sweep"][w] = r["rate"]
+            print(f"guidance {w:g}: pass rate {r['rate']:.3f} over {r['n']} prompts")
+    if args.negative_seeds:
+        p = "a circle on a white background"
+        base = colour_rate(be, p, "red", "white", args.negative_seeds, None, args.guidance, args.steps, seed=5)
+        neg = colour_rate(be, p, "red", "white", args.negative_seeds, "red", args.guidance, args.steps, seed=5)
+        out["negative"] = {"prompt": p, "negative": "red", "n": args.negative_seeds, "base_red": base, "neg_red": neg}
+        print(f"'{p}': red objects {base:.3f} without, {neg:.3f} with --negative red ({args.negative_seeds} seeds)")
+    out["seconds"] = time.perf_counter() - t0
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(eval_main())

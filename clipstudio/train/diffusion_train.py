@@ -1,0 +1,269 @@
+"""Train the shapes-world text-to-image diffusion model (``clipstudio train diffusion --world shapes``).
+
+Each step renders a fresh seeded batch of shapes-world scenes at 32 px with captions (canonical or
+paraphrased; 15% replaced by the empty caption for classifier-free guidance), noises them with the
+DDPM forward process and regresses v = sqrt(abar) eps - sqrt(1 - abar) x0 (v-prediction, Salimans & Ho
+2022: well conditioned at high noise, where an eps model must be very precise to give a usable x0). The batch of
+step k depends only on (seed, k), so a resumed run sees exactly the data of an uninterrupted one.
+An EMA of the weights is what ships. Checkpoints are written atomically every ``--save-every`` steps:
+the full training state to ``--state`` (for ``--resume``) and the small shippable model to ``--out``
+with a ``.json`` sidecar holding the command, config and progress.
+
+    python -m clipstudio.train.diffusion_train --steps 4000 --batch 32 --lr 5e-4 --seed 0 \\
+        --out clipstudio/assets/shapes-diffusion.pt --state runs/shapes-diffusion.state --resume
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from clipstudio.errors import ClipstudioError
+
+FORM_WEIGHTS = {"plain": 0.18, "sized": 0.18, "positioned": 0.2, "left_of": 0.22, "above": 0.22}
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside `path`, then os.replace (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def make_batch(seed: int, step: int, batch: int, p_uncond: float) -> tuple[torch.Tensor, list[str]]:
+    """(images N x 3 x 32 x 32 in [0, 1], captions) for one training step; depends only on (seed, step)."""
+    from clipstudio.diffusion.shapes_model import IMAGE_SIZE
+    from clipstudio.world.captions import random_caption
+    from clipstudio.world.render import render_batch, sample_scene
+    rng = np.random.default_rng([seed, step])
+    forms = list(FORM_WEIGHTS)
+    probs = np.array([FORM_WEIGHTS[f] for f in forms])
+    scenes, caps = [], []
+    for _ in range(batch):
+        scene = sample_scene(rng, forms[int(rng.choice(len(forms), p=probs / probs.sum()))])
+        scenes.append(scene)
+        caps.append("" if rng.random() < p_uncond else random_caption(rng, scene))
+    return render_batch(scenes, IMAGE_SIZE), caps
+
+
+class TextCache:
+    """Token states of the frozen text tower, cached per caption string."""
+
+    def __init__(self, encoder, max_items: int = 50000):
+        self.encoder = encoder
+        self.cache: dict[str, torch.Tensor] = {}
+        self.max_items = max_items
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            if len(self.cache) + len(missing) > self.max_items:
+                self.cache.clear()
+            for t, row in zip(missing, self.encoder(missing)):
+                self.cache[t] = row
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10% of base."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optional[str] = None,
+          resume: bool = False, save_every: int = 100, p_uncond: float = 0.15, ema_decay: float = 0.999,
+          guide: Optional[str] = None, threads: Optional[int] = None, progress: bool = True,
+          command: Optional[str] = None, max_minutes: Optional[float] = None,
+          stop_after: Optional[int] = None, min_snr: Optional[float] = None) -> dict:
+    """Train (or resume) the shapes diffusion model; returns a summary dict."""
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    from clipstudio.diffusion import shapes_model as SM
+    from clipstudio.diffusion.backend import OpenClipTextEncoder
+
+    for name, v in (("steps", steps), ("batch", batch), ("save-every", save_every)):
+        if v <= 0:
+            raise ClipstudioError(f"--{name} must be positive, got {v}")
+    if not lr > 0:
+        raise ClipstudioError(f"--lr must be positive, got {lr}")
+    if threads:
+        torch.set_num_threads(threads)
+    state = state or f"{out}.state"
+    text_cfg = SM.guide_text_cfg()
+    tokenizer = SM.make_tokenizer(text_cfg)
+
+    if resume and os.path.isfile(state):
+        st = torch.load(state, map_location="cpu", weights_only=False)
+        cfg = st["config"]
+        if cfg["seed"] != seed or cfg["batch"] != batch:
+            raise ClipstudioError(f"--resume: {state} was trained with seed {cfg['seed']} batch {cfg['batch']}")
+        snapshot = st["text_tower"]
+        guide_desc = st["guide"]
+        text_cfg = st.get("text_cfg", text_cfg)  # the guide config may have changed since
+        tokenizer = SM.make_tokenizer(text_cfg)
+    else:
+        if resume:
+            print(f"--resume: no state at {state}; starting fresh", file=sys.stderr)
+        st = None
+        guide = guide if guide is not None else str(SM.ASSETS_DIR / "shapes-guide.pt")
+        clip_state, guide_desc = SM.load_guide_clip_state(guide, seed)
+        snapshot = SM.text_tower_snapshot(clip_state, SM.world_vocabulary(tokenizer))
+        cfg = {"seed": seed, "batch": batch}
+    tower = SM.load_text_tower(snapshot, text_cfg)
+    text = TextCache(OpenClipTextEncoder(tower, tokenizer))
+
+    torch.manual_seed(seed)
+    ucfg = SM.unet_config(text_cfg["width"])
+    unet = SM.build_unet(ucfg)
+    ema = copy.deepcopy(unet).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    noise_sched = DDPMScheduler(**{**SM.SCHEDULER_CONFIG, "clip_sample": False})
+    abar = noise_sched.alphas_cumprod.float()
+    snr = abar / (1 - abar)
+    if min_snr:                                       # min-SNR-gamma weighting for eps prediction
+        weight = torch.clamp(snr, max=min_snr) / snr
+    else:                                             # the plain DDPM loss (Ho et al. 2020)
+        weight = torch.ones_like(snr)
+    start, elapsed, losses = 0, 0.0, []
+    if st is not None:
+        unet.load_state_dict(st["unet"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        start, elapsed, losses = st["step"], st["elapsed"], st["losses"]
+    if cfg.get("prediction_type", "epsilon") != SM.SCHEDULER_CONFIG["prediction_type"]:
+        cfg.setdefault("history", []).append(
+            f"step {start}: prediction {cfg.get('prediction_type', 'epsilon')} -> "
+            f"{SM.SCHEDULER_CONFIG['prediction_type']} (warm start)")
+    cfg["prediction_type"] = SM.SCHEDULER_CONFIG["prediction_type"]
+    cfg.update({"steps": steps, "lr": lr, "p_uncond": p_uncond, "ema_decay": ema_decay, "unet_config": ucfg,
+                "scheduler_config": SM.SCHEDULER_CONFIG, "image_size": SM.IMAGE_SIZE, "patch": SM.PATCH,
+                "min_snr_gamma": min_snr, "form_weights": FORM_WEIGHTS, "guide": guide_desc})
+
+    def save(step: int) -> None:
+        atomic_save({"config": cfg, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "step": step, "elapsed": elapsed, "losses": losses, "text_tower": snapshot,
+                     "text_cfg": text_cfg, "guide": guide_desc}, state)
+        atomic_save({"unet_config": ucfg, "unet": {k: v.half() for k, v in ema.state_dict().items()},
+                     "text_cfg": text_cfg, "text_tower": snapshot, "scheduler_config": SM.SCHEDULER_CONFIG,
+                     "default_guidance": 3.0, "default_steps": 50, "step": step}, out)
+        meta = {"command": command, "step": step, "steps": steps, "train_seconds": round(elapsed, 1),
+                "threads": torch.get_num_threads(), "last_loss": float(np.mean(losses[-100:])) if losses else None,
+                "config": cfg}
+        atomic_write_text(json.dumps(meta, indent=2, default=str), Path(out).with_suffix(".json"))
+
+    unet.train()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="shapes-diffusion", disable=not progress)
+    t_last = time.perf_counter()
+    step = start
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10 + 1))
+        images, caps = make_batch(seed, step, batch, p_uncond)
+        x0 = SM.to_model_space(images)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, len(abar), (batch,), generator=gen)
+        xt = noise_sched.add_noise(x0, noise, t)
+        if SM.SCHEDULER_CONFIG["prediction_type"] == "v_prediction":
+            target = noise_sched.get_velocity(x0, noise, t)   # v = sqrt(abar) eps - sqrt(1 - abar) x0
+        else:
+            target = noise
+        cond = text(caps)
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        loss = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+        loss = (loss * weight[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p.detach(), 1 - decay)
+        losses.append(float(loss.detach()))
+        now = time.perf_counter()
+        elapsed += now - t_last
+        t_last = now
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            save(step + 1)
+        if stop_after is not None and step + 1 >= stop_after and step + 1 < steps:
+            save(step + 1)
+            print(f"stopping at step {step + 1} (--stop-after); continue with --resume", file=sys.stderr)
+            break
+        if max_minutes is not None and elapsed > max_minutes * 60:
+            save(step + 1)
+            print(f"stopping at step {step + 1}: --max-minutes {max_minutes} reached", file=sys.stderr)
+            break
+    bar.close()
+    return {"step": step + 1, "train_seconds": elapsed, "last_loss": float(np.mean(losses[-100:]))}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="clipstudio train diffusion", description=__doc__.splitlines()[0])
+    ap.add_argument("--world", default="shapes", choices=["shapes"], help="training world (only shapes)")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="clipstudio/assets/shapes-diffusion.pt", help="shippable checkpoint")
+    ap.add_argument("--state", default=None, help="full training state for --resume (default OUT.state)")
+    ap.add_argument("--resume", action="store_true", help="continue from --state if it exists")
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--p-uncond", type=float, default=0.15, help="caption dropout rate (CFG)")
+    ap.add_argument("--guide", default=None, help="guide CLIP checkpoint whose text tower conditions the UNet")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training")
+    ap.add_argument("--min-snr", type=float, default=None,
+                    help="min-SNR-gamma loss weighting (Hang et al. 2023); default: the plain DDPM loss")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop (and save) at this step; --resume later")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry: `clipstudio train diffusion --world shapes --steps N --batch B --lr LR --seed S --out P [--resume]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.p_uncond < 1:
+        raise ClipstudioError(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
+    command = "python -m clipstudio.train.diffusion_train " + " ".join(shlex.quote(a) for a in argv)
+    summary = train(args.steps, args.batch, args.lr, args.seed, args.out, state=args.state, resume=args.resume,
+                    save_every=args.save_every, p_uncond=args.p_uncond, guide=args.guide, threads=args.threads,
+                    progress=not args.no_progress, command=command, max_minutes=args.max_minutes,
+                    stop_after=args.stop_after, min_snr=args.min_snr)
+    print(f"saved {args.out} at step {summary['step']} ({summary['train_seconds']:.0f} s, "
+          f"loss {summary['last_loss']:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except ClipstudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
