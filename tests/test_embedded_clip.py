@@ -1,0 +1,80 @@
+"""The shipped shapes-world CLIP checkpoints load through open_clip and keep their stated accuracy."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+import clipstudio
+from clipstudio.train.clip_train import MODEL_CONFIG_DIR, TARGETS
+from clipstudio.world.zeroshot import evaluate_model
+
+ASSETS = Path(clipstudio.__file__).parent / "assets"
+NAMES = ("shapes-guide", "shapes-eval")
+FRESH_SEED = 2024  # not the seed of the recorded figures, not a training seed
+N_PER_FORM = 60
+
+
+def _card(name: str) -> dict:
+    return json.loads((ASSETS / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def loaded(request):
+    name = request.param
+    open_clip.add_model_config(str(MODEL_CONFIG_DIR))
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(ASSETS / f"{name}.pt"))
+    return name, model.eval(), open_clip.get_tokenizer(name), preprocess
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_is_a_small_plain_state_dict(name):
+    path = ASSETS / f"{name}.pt"
+    assert path.stat().st_size < 20 * 2**20
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    assert isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values())
+    card = _card(name)
+    assert card["model"] == name and card["config"] == json.loads((MODEL_CONFIG_DIR / f"{name}.json").read_text())
+    assert set(card["accuracy"]) == set(TARGETS)
+
+
+def test_guide_and_eval_are_independent_architectures():
+    g = json.loads((MODEL_CONFIG_DIR / "shapes-guide.json").read_text())
+    e = json.loads((MODEL_CONFIG_DIR / "shapes-eval.json").read_text())
+    assert isinstance(g["vision_cfg"]["layers"], int) and isinstance(e["vision_cfg"]["layers"], list)
+    assert g["text_cfg"]["width"] != e["text_cfg"]["width"]
+    assert _card("shapes-guide")["seed"] != _card("shapes-eval")["seed"]
+
+
+def test_fresh_sample_matches_stated_accuracy(loaded):
+    name, model, tokenizer, _ = loaded
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    acc = evaluate_model(model, tokenizer, n=N_PER_FORM, seed=FRESH_SEED)
+    stated = _card(name)["accuracy"]
+    # trials per attribute at N_PER_FORM scenes per form (see zeroshot.py)
+    trials = {"background": 5, "colour": 7, "shape": 7, "size": 1, "position": 1, "relation": 2}
+    for attr, p in stated.items():
+        k = trials[attr] * N_PER_FORM
+        margin = 3 * math.sqrt(max(p * (1 - p), 0.01) / k) + 0.01  # ~3 sigma of a binomial sample
+        assert acc[attr] >= p - margin, (name, attr, acc[attr], p)
+
+
+def test_open_clip_preprocess_path_reads_colours(loaded):
+    """The lead's path: PIL image -> open_clip preprocess -> encode, vs. candidate captions."""
+    from PIL import Image
+
+    from clipstudio.world.render import Scene, ShapeObject, render
+
+    name, model, tokenizer, preprocess = loaded
+    scene = Scene("blue", (ShapeObject("circle", "red", 0.5, 0.5, 0.5),))
+    x = preprocess(Image.fromarray(render(scene, 128)))[None]
+    texts = ["a red circle on a blue background", "a red circle on a green background",
+             "a yellow circle on a blue background", "a red circle on a white background"]
+    with torch.no_grad():
+        f_i = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        f_t = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    assert int((f_t @ f_i[0]).argmax()) == 0
