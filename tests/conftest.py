@@ -25,7 +25,7 @@ def tiny_clip() -> str:
 @pytest.fixture
 def tiny_options(tiny_clip) -> dict:
     """Settings for a fast generate run with the tiny model."""
-    return {"clip": [tiny_clip], "width": 32, "height": 32, "cutn": 4, "steps": 3}
+    return {"clip": [tiny_clip], "width": 32, "height": 32, "cutn": 4, "steps": 3, "generator": "pixels", "candidates": 1}
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from clipstudio.cli import main
 
 @pytest.fixture
 def fast_args(tiny_clip):
-    return ["--clip", tiny_clip, "--size", "32", "24", "--steps", "2", "--cutn", "2", "--quiet"]
+    return ["--clip", tiny_clip, "--size", "32", "24", "--steps", "2", "--cutn", "2", "--quiet", "--generator", "pixels",
+            "--candidates", "1"]
 
 
 def run_cli(argv, capsys):

@@ -19,19 +19,19 @@ def test_negative_prompt_flips_the_ranking(tiny_clip):
 
 
 def test_generate_ranked_returns_best_first(tiny_options):
-    ranked = generate_ranked("a red circle", candidates=3, keep=2, **tiny_options)
+    ranked = generate_ranked("a red circle", keep=2, **{**tiny_options, "candidates": 3})
     assert len(ranked) == 2 and ranked[0][0] >= ranked[1][0]
 
 
 def test_bad_counts(tiny_options):
     with pytest.raises(ClipstudioError):
-        generate_ranked("a red circle", keep=3, candidates=2, **tiny_options)
+        generate_ranked("a red circle", keep=3, **{**tiny_options, "candidates": 2})
 
 
 def test_generate_with_candidates_returns_the_best_run_with_its_own_settings(tiny_options):
     import clipstudio
 
-    best = clipstudio.generate("a red circle", candidates=3, **tiny_options)
+    best = clipstudio.generate("a red circle", **{**tiny_options, "candidates": 3})
     assert best.settings.candidates == 1 and best.settings.seed in {0, 1, 2}
     again = clipstudio.generate("a red circle", **{**tiny_options, "seed": best.settings.seed})
     assert list(again.image.getdata()) == list(best.image.getdata())

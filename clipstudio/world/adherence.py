@@ -7,6 +7,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         options[key] = _parse_value(value)
+    if args.save_dir:
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
     report = evaluate_generation(grammar_prompts(args.n, args.prompt_seed), args.seeds, args.save_dir, **options)
     summary = report.summary()
     if args.json:
