@@ -163,3 +163,16 @@ def test_corrupt_weights_file_is_one_line(tmp_path):
     with pytest.raises(ClipstudioError, match="TAEF2 decoder") as info:
         build_generator("latent", (16, 16), weights_dir=str(folder))
     assert "\n" not in str(info.value)
+
+
+def test_guiding_taef2_latents_with_the_embedded_clip_lowers_the_loss(taef2_dir):
+    import clipstudio
+
+    config = clipstudio.make_config("a red circle on a blue background", generator="latent", candidates=1,
+                                    steps=12, lr=0.1, cutn=4, generator_options={"vae": "taef2"})
+    studio = clipstudio.Studio(config)
+    torch.manual_seed(0)
+    before = studio.evaluate()["clip"]
+    studio.run()
+    torch.manual_seed(0)  # the same cutouts for the comparison
+    assert studio.evaluate()["clip"] < before
