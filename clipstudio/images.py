@@ -75,6 +75,12 @@ def atomic_write(path: str | os.PathLike, write: Any) -> Path:
     return path
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` that never leaves a torn file: a checkpoint survives a power cut mid-write."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, settings: dict[str, Any] | None = None) -> Path:
     """Write ``image`` as PNG atomically, with ``settings`` as JSON in a ``clipstudio`` text chunk."""
     info = PngImagePlugin.PngInfo()

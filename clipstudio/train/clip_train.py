@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from clipstudio.errors import ClipstudioError
+from clipstudio.images import atomic_torch_save
 from clipstudio.world.captions import random_caption
 from clipstudio.world.render import (COLOURS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch,
                                      sample_scene)
@@ -183,11 +184,7 @@ def make_batch(step_seed: Sequence[int], batch: int, image_size: int,
 # --------------------------------------------------------------------------- checkpoints
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then os.replace (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 def export_state_dict(model, half: bool = True) -> dict[str, torch.Tensor]:

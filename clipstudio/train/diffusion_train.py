@@ -29,17 +29,14 @@ import numpy as np
 import torch
 
 from clipstudio.errors import ClipstudioError
+from clipstudio.images import atomic_torch_save
 
 FORM_WEIGHTS = {"plain": 0.18, "sized": 0.18, "positioned": 0.2, "left_of": 0.22, "above": 0.22}
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside `path`, then os.replace (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file beside ``path``, then os.replace (never a torn file)."""
+    atomic_torch_save(obj, path)
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
