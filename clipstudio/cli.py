@@ -129,6 +129,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = GenerateConfig.from_dict(settings_from_args(args)).validate()
     output = check_writable(args.output)  # fail before the work, not after
     if config.candidates > 1:
+        if args.checkpoint or args.save_every:
+            raise ClipstudioError("--checkpoint and --save-every follow one run: add --candidates 1")
         return _generate_ranked(args, config, output)
     frames_dir = None
     if args.save_every:

@@ -73,6 +73,8 @@ BAD_INPUTS = [
     (["generate", "x", "--size", "0", "0"], "size must be"),
     (["generate", "x", "--steps", "-3"], "steps must be"),
     (["generate", "--from", "/no/such.png"], "image not found"),
+    (["generate", "x", "--candidates", "3", "--save-every", "1"], "add --candidates 1"),
+    (["generate", "x", "--candidates", "0"], "candidates must be"),
 ]
 
 
