@@ -34,3 +34,12 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"shared folder not found at {SHARED_DIR} (set CLIPSTUDIO_SHARED)")
     return SHARED_DIR
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one thread (the autoencoder tests time and compare runs), then restore the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,12 +13,7 @@ from clipstudio.generators.latent import LatentGenerator, build_codec
 from clipstudio.generators.taef2 import taef2_decoder, taef2_encoder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -10,12 +10,7 @@ from clipstudio.generators import build_generator
 from clipstudio.generators.vqgan import vector_quantize
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(tmp_path, size=(32, 24), gumbel=False, **options):
