@@ -66,6 +66,8 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative", action="append", default=S, help="a negative prompt; repeatable")
     parser.add_argument("--image-prompt", action="append", default=S, metavar="PATH[:WEIGHT]")
     parser.add_argument("--init-image", default=S)
+    parser.add_argument("--layout", default=S, help="start from this generator's result: auto (primitives for "
+                        "the embedded shapes-world guides), none, or a generator name")
     parser.add_argument("--cutn", type=int, default=S)
     parser.add_argument("--cut-pow", type=float, default=S)
     parser.add_argument("--cut-min", type=float, default=S, help="smallest cutout, as a fraction of the side")
@@ -82,6 +84,10 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="save the run state here every --checkpoint-every steps; resume from it if it exists")
     parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--search", type=int, default=S, metavar="SWEEPS",
+                        help="sweeps of search over the generator's discrete choices before the first step (0: off)")
+    parser.add_argument("--search-restarts", type=int, default=S,
+                        help="searches from random starting choices; the best is kept")
     parser.add_argument("--candidates", type=int, default=S,
                         help="CLIP ranking: generate N candidates (seeds seed..seed+N-1) and keep the best")
     parser.add_argument("--keep", type=int, default=1, help="how many ranked candidates to write (OUT-1.png, ...)")

@@ -18,9 +18,11 @@ SCHEDULES = ("constant", "cosine", "linear")
 class GenerateConfig:
     """Everything that determines a CLIP-guided image.
 
-    The defaults are the embedded shapes-world setup, measured with ``clipstudio eval generate -n 20``:
-    ``primitives`` (flat shapes, CLIPDraw-style) guided by ``shapes-guide``, full-image cutouts (crops would
-    move "left" and "top"), four ranked candidates of 60 steps. Recipes hold differences from these.
+    The defaults are the embedded shapes-world setup, measured with ``clipstudio eval generate``:
+    ``primitives`` (flat shapes in the world's palette, CLIPDraw-style) guided by ``shapes-guide``, whose
+    discrete choices (colours, shape types, coarse places and sizes) are first searched by CLIP score from
+    four random starts, then 20 Adam steps refine the continuous ones; full-image cutouts (crops would move
+    "left" and "top"). Recipes hold differences from these.
     """
 
     prompt: str = ""
@@ -31,9 +33,9 @@ class GenerateConfig:
     generator_options: dict[str, Any] = field(default_factory=dict)
     width: int = 64
     height: int = 64
-    steps: int = 60
+    steps: int = 20
     seed: int = 0
-    lr: float = 0.1
+    lr: float = 0.05
     optimizer: str = "adam"
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -48,7 +50,10 @@ class GenerateConfig:
     perceptual: float = 0.0
     perceptual_net: str = "alex"
     init_image: str | None = None
-    candidates: int = 4  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
+    layout: str = "auto"  # a generator whose result is the init image ("auto": primitives in the shapes world)
+    search: int = 3  # sweeps of coordinate search over the generator's discrete choices before step 0
+    search_restarts: int = 4  # searches from random starting choices; the best end state is kept
+    candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
     device: str = "cpu"
 
@@ -68,6 +73,9 @@ class GenerateConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ClipstudioError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.search < 0 or self.search_restarts < 1:
+            raise ClipstudioError(f"search needs 0 or more sweeps and 1 or more restarts, got "
+                                  f"{self.search} and {self.search_restarts}")
         if self.candidates < 1:
             raise ClipstudioError(f"candidates must be at least 1, got {self.candidates}")
         if self.cutn < 1:
@@ -78,6 +86,9 @@ class GenerateConfig:
         if self.generator not in GENERATORS:
             raise ClipstudioError(
                 f"unknown generator '{self.generator}'; choose one of: {', '.join(list_generators())}")
+        if self.layout not in ("auto", "none") and self.layout not in GENERATORS:
+            raise ClipstudioError(f"unknown layout '{self.layout}'; choose auto, none or one of: "
+                                  f"{', '.join(list_generators())}")
         unknown = [name for name in self.augments if name not in AUGMENTS]
         if unknown:
             raise ClipstudioError(f"unknown augment '{unknown[0]}'; choose from: {', '.join(list_augments())}")

@@ -1,6 +1,7 @@
 """The CLIP-guidance loop: a :class:`Studio` a notebook can step, and :func:`generate` that runs it."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import math
@@ -18,8 +19,9 @@ from . import __version__
 from .config import GenerateConfig
 from .errors import ClipstudioError
 from .generators import build_generator, generator_class
+from .generators.base import Choice
 from .guide.clip import load_clip
-from .guide.cutouts import Cutouts
+from .guide.cutouts import CutoutParams, Cutouts
 from .guide.prompts import Prompt, image_prompt, negative_prompt, parse_prompts
 from .images import atomic_write, load_image, save_png, tensor_to_pil
 from .losses import AnchorLoss, ClipLoss, LossContext, PerceptualLoss, TVLoss
@@ -87,6 +89,11 @@ class Studio:
         self.guides = [load_clip(spec, config.device, config.weights_dir) for spec in config.clip]
         torch.manual_seed(config.seed)  # after model loading, which may or may not draw random numbers
         self.init_image = load_image(config.init_image).to(self.device) if config.init_image else None
+        layout = resolve_layout(config)
+        if layout:  # coarse to fine: the layout generator's searched image is the init of this one
+            layout_studio = Studio(layout_config(config, layout))
+            layout_studio.run()
+            self.init_image = layout_studio.image_tensor()
         self.generator = build_generator(
             config.generator, (config.width, config.height), init_image=self.init_image, **self._generator_options()
         ).to(self.device)
@@ -104,6 +111,7 @@ class Studio:
         self.skipped = 0
         self.history: list[float] = []
         self.last: StepInfo | None = None
+        self.searched = False
 
     def _generator_options(self) -> dict[str, Any]:
         """The generator's options, plus ``weights_dir`` for generators that load model files."""
@@ -145,20 +153,82 @@ class Studio:
                 weights[name] = weight
         return losses.to(self.device), weights
 
-    def _objective(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image = self.generator()
+    def _objective(self, images: torch.Tensor | None = None, cutout_params: CutoutParams | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted total and unweighted terms, one value per image: of the generator's image by default, or
+        of given ``images`` (N, 3, H, W), all judged on the same cutouts (``cutout_params``, else new ones)."""
+        image = self.generator() if images is None else images
         cutouts = None
         if any(loss.needs_cutouts for loss in self.losses.values()):
-            cutouts = self.cutouts(image)
+            params = cutout_params or self.cutouts.draw(image.shape[-2], image.shape[-1])
+            cutouts = self.cutouts.apply(image, params)
         ctx = LossContext(image=image, cutouts=cutouts, init_image=self.init_image, step=self.step_index)
         terms = {name: loss(ctx) for name, loss in self.losses.items()}
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, terms
 
+    @torch.no_grad()
+    def search(self, sweeps: int, restarts: int = 1) -> float:
+        """Coordinate search over the generator's discrete choices; returns the best loss (plus the choices'
+        costs) found.
+
+        Each choice is set to each of its allowed options, the images are judged together and the best
+        option is kept, sweep after sweep until one changes nothing. ``restarts`` runs start from random
+        options and the best end state wins. All judgements use the same cutouts, so they compare images
+        rather than augmentation noise.
+        """
+        choices = self.generator.choices()
+        if not choices or sweeps < 1:
+            return math.inf
+        params = self.cutouts.draw(self.config.height, self.config.width)
+        best_loss, best_state = math.inf, None
+        for restart in range(max(restarts, 1)):
+            if restart:
+                _randomize(choices)
+            loss = self._coordinate_descent(choices, sweeps, params)
+            loss += sum(choice.cost(choice.get()) for choice in choices)
+            if loss < best_loss:
+                best_loss, best_state = loss, copy.deepcopy(self.generator.state_dict())
+        if best_state is not None:
+            self.generator.load_state_dict(best_state)
+        return best_loss
+
+    def _coordinate_descent(self, choices: list[Choice], sweeps: int, params: CutoutParams) -> float:
+        loss = math.inf
+        for _ in range(sweeps):
+            changed = False
+            for choice in choices:
+                before = choice.get()
+                options = [o for o in range(choice.options) if choice.allowed(o)] or [before]
+                images = []
+                for option in options:
+                    choice.set(option)
+                    images.append(self.generator())
+                totals = self._objective(torch.cat(images), params)[0]
+                totals = torch.where(torch.isfinite(totals), totals, torch.full_like(totals, math.inf))
+                best = int((totals + torch.tensor([choice.cost(o) for o in options])).argmin())
+                choice.set(options[best])
+                loss = float(totals[best])
+                changed |= options[best] != before
+            if not changed:
+                break
+        return loss
+
+    def _search_once(self) -> None:
+        """The configured search, once, before the first step (a resumed run has done it already)."""
+        if not self.searched and self.step_index == 0 and self.config.search:
+            self.search(self.config.search, self.config.search_restarts)
+        self.searched = True
+
     def step(self) -> StepInfo:
-        """One optimizer step. A NaN or inf in the loss or a gradient skips the step (and says so)."""
+        """One optimizer step. A NaN or inf in the loss or a gradient skips the step (and says so).
+
+        Before the first step, the generator's discrete choices are searched (``config.search`` sweeps).
+        """
+        self._search_once()
         self.optimizer.zero_grad(set_to_none=True)
         total, terms = self._objective()
+        total, terms = total[0], {name: value[0] for name, value in terms.items()}
         reason = ""
         if not torch.isfinite(total):
             reason = "loss is not finite"
@@ -235,7 +305,7 @@ class Studio:
     def evaluate(self) -> dict[str, float]:
         """The current unweighted losses, without taking a step."""
         total, terms = self._objective()
-        return {**{k: float(v) for k, v in terms.items()}, "total": float(total)}
+        return {**{k: float(v[0]) for k, v in terms.items()}, "total": float(total[0])}
 
     def run(self, callback: Callable[[Studio, StepInfo], Any] | None = None, progress: bool = False,
             frames_dir: str | Path | None = None, save_every: int = 0,
@@ -247,6 +317,7 @@ class Studio:
         bar = _progress_bar(self.config.steps - self.step_index, progress)
         start = time.perf_counter()
         steps_at_start = self.step_index
+        self._search_once()
         while self.step_index < self.config.steps:
             info = self.step()
             bar.update(1)
@@ -267,6 +338,39 @@ class Studio:
         return GenerateResult(image=self.image(), losses=self.evaluate(), settings=dataclasses.replace(self.config),
                               weights=dict(self.weights), steps_run=steps_run, skipped_steps=self.skipped,
                               seconds=seconds, history=list(self.history))
+
+
+def resolve_layout(config: GenerateConfig) -> str | None:
+    """The generator whose result starts this run (``config.layout``), or None.
+
+    ``auto`` means: ``primitives`` when the run is guided only by embedded shapes-world models, has no
+    init image and is not itself drawn with primitives. In that world, flat shapes are the content, and a
+    latent or pixel generator left to gradients alone drifts into textures its guide likes; starting it
+    from a searched layout keeps the composition right while it refines the look.
+    """
+    from .guide.clip import EMBEDDED_MODELS
+
+    if config.layout in ("none", "") or config.init_image:
+        return None
+    if config.layout == "auto":
+        shapes_world = all(spec.split(":")[0] in EMBEDDED_MODELS for spec in config.clip)
+        return "primitives" if shapes_world and config.generator != "primitives" else None
+    return None if config.layout == config.generator else config.layout
+
+
+def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
+    """The settings of the layout stage: this run's prompts, guides, size, seed and cutouts; the layout
+    generator's default options and the default schedule."""
+    keep = ("prompt", "negative", "image_prompts", "clip", "width", "height", "seed", "cutn", "cut_pow",
+            "cut_min", "cut_noise", "augments", "weights_dir", "device")
+    return GenerateConfig(**{name: getattr(config, name) for name in keep}, generator=layout, layout="none")
+
+
+def _randomize(choices: list[Choice]) -> None:
+    """Set every choice to a random allowed option (a search restart); uses torch's seeded generator."""
+    for choice in choices:
+        options = [o for o in range(choice.options) if choice.allowed(o)] or [choice.get()]
+        choice.set(options[int(torch.randint(len(options), ()))])
 
 
 def _progress_bar(total: int, enabled: bool):

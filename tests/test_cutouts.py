@@ -35,3 +35,15 @@ def test_cut_min_one_covers_the_whole_image():
 def test_bad_cutout_settings(kwargs):
     with pytest.raises(ClipstudioError):
         Cutouts(16, **kwargs)
+
+
+def test_several_images_get_the_same_cutouts_as_each_alone():
+    torch.manual_seed(0)
+    for cutn in (3, 4):  # 4 is also the length of some kornia parameters that are not per cutout
+        cut = Cutouts(16, cutn=cutn, augments=list_augments())
+        images = torch.rand(3, 3, 24, 24)
+        params = cut.draw(24, 24)
+        together = cut.apply(images, params)
+        assert together.shape == (3 * cutn, 3, 16, 16)
+        alone = torch.cat([cut.apply(images[i:i + 1], params) for i in range(3)])
+        assert torch.allclose(together, alone, atol=1e-5)

@@ -45,7 +45,11 @@ def test_checkpoint_is_a_small_plain_state_dict(name):
 def test_guide_and_eval_are_independent_architectures():
     g = json.loads((MODEL_CONFIG_DIR / "shapes-guide.json").read_text())
     e = json.loads((MODEL_CONFIG_DIR / "shapes-eval.json").read_text())
-    assert isinstance(g["vision_cfg"]["layers"], int) and isinstance(e["vision_cfg"]["layers"], list)
+    # The guide is open_clip's ModifiedResNet (conv stem, attention pooling); the evaluator a timm
+    # EfficientNet (inverted residuals, squeeze-excitation, average pooling), at another input size.
+    assert isinstance(g["vision_cfg"]["layers"], list) and "timm_model_name" not in g["vision_cfg"]
+    assert "efficientnet" in e["vision_cfg"]["timm_model_name"]
+    assert g["vision_cfg"]["image_size"] != e["vision_cfg"]["image_size"]
     assert g["text_cfg"]["width"] != e["text_cfg"]["width"]
     assert _card("shapes-guide")["seed"] != _card("shapes-eval")["seed"]
 

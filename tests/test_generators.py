@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover
 
 VARIANTS = {
     "pixels": [{"parametrization": "fourier"}, {"parametrization": "rgb"}, {"parametrization": "rgb", "downscale": 4}],
-    "primitives": [{"count": 2}, {"count": 1, "edge": 2.0}, {"palette": "shapes"}],
+    "primitives": [{"count": 2}, {"count": 1, "edge": 2.0, "palette": "none"}, {"palette": "#ff0000,#00ff00,#0000ff", "edge": 2.0}],
 }
 
 
@@ -113,7 +113,7 @@ def test_primitives_draw_shapes_the_world_checker_recognises(shape):
     from clipstudio.images import tensor_to_pil
     from clipstudio.world.check import check_image
 
-    gen = build_generator("primitives", (64, 64), count=1)
+    gen = build_generator("primitives", (64, 64), count=1, palette="none")
     with torch.no_grad():
         gen.background.copy_(torch.logit(torch.tensor([40.0, 90.0, 220.0]) / 255))
         gen.colour.copy_(torch.logit(torch.tensor([[220.0, 40.0, 40.0]]) / 255))
@@ -127,3 +127,40 @@ def test_primitives_draw_shapes_the_world_checker_recognises(shape):
     assert check_image(image, f"a red {shape} at the left on a blue background").passed
     other = {"circle": "square", "square": "triangle", "triangle": "circle"}[shape]
     assert not check_image(image, f"a red {other} on a blue background").passed
+
+
+@pytest.mark.parametrize("name,extra", list(cases()))
+def test_choices_round_trip_and_change_the_image(name, extra, tmp_path):
+    """Every discrete choice a generator offers the search reads back what was set, stays within the
+    contract's output range, and at least one option changes the image."""
+    for index in range(len(build(name, extra, tmp_path).choices())):
+        gen = build(name, extra, tmp_path)  # fresh, so an earlier choice (say, hiding a shape) has no say
+        choice = gen.choices()[index]
+        assert choice.options >= 2
+        images = []
+        for option in range(choice.options):
+            choice.set(option)
+            assert choice.get() == option, choice.name
+            with torch.no_grad():
+                out = gen()
+            assert out.shape == (1, 3, 16, 24) and out.min() >= 0 and out.max() <= 1
+            images.append(out)
+        if choice.name.endswith((".size", ".type", ".position", ".colour", "background")):
+            assert any(not torch.equal(images[0], other) for other in images[1:]), choice.name
+
+
+def test_primitives_with_a_palette_search_colours_kept_apart():
+    torch.manual_seed(0)
+    gen = build_generator("primitives", (32, 32), palette="shapes", count=2)
+    by_name = {c.name: c for c in gen.choices()}
+    assert set(by_name) >= {"background", "shape0.colour", "shape0.type", "shape0.position", "shape0.size", "swap"}
+    by_name["background"].set(3)
+    by_name["shape0.colour"].set(4)
+    hidden = by_name["shape1.colour"].options - 1
+    assert not by_name["shape1.colour"].allowed(3) and not by_name["shape1.colour"].allowed(4)
+    assert by_name["shape1.colour"].allowed(5) and by_name["shape1.colour"].allowed(hidden)
+    assert not by_name["background"].allowed(4)
+    by_name["shape1.colour"].set(hidden)  # a hidden shape is not drawn at all
+    by_name["shape0.colour"].set(hidden)
+    image = gen()
+    assert torch.allclose(image, image[:, :, :1, :1].expand_as(image))

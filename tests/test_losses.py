@@ -1,4 +1,4 @@
-"""Every registered loss: smoke, scalar output, bad input, gradient flow, and one step lowers it."""
+"""Every registered loss: smoke, one value per image, bad input, gradient flow, and one step lowers it."""
 import math
 
 import pytest
@@ -30,13 +30,20 @@ def test_loss_contract(name, tiny_clip):
     init = torch.rand(1, 3, 32, 32)
     image = torch.rand(1, 3, 32, 32, requires_grad=True)
     value = loss(context(image, init))
-    assert value.dim() == 0 and torch.isfinite(value)
-    value.backward()
+    assert value.shape == (1,) and torch.isfinite(value).all()
+    value.sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
     # One gradient step on the image lowers the loss.
     with torch.no_grad():
         stepped = (image - 1e-2 * image.grad / image.grad.abs().max()).clamp(0, 1)
         assert loss(context(stepped, init)) < value
+        # A batch of images gets one value each, the same as each image alone.
+        pair = torch.cat([stepped, image.detach()])
+        batched = loss(LossContext(image=pair, cutouts=torch.cat([context(stepped, init).cutouts,
+                                                                  context(image.detach(), init).cutouts]),
+                                   init_image=init, step=0))
+        assert batched.shape == (2,)
+        assert torch.allclose(batched, torch.cat([loss(context(stepped, init)), value.detach()]), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["anchor", "perceptual"])

@@ -116,3 +116,74 @@ def test_resume_refuses_other_settings_and_torn_files(tiny_options, tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(ClipstudioError, match="cannot resume"):
         clipstudio.Studio(clipstudio.make_config("a red circle", **tiny_options)).resume(ckpt)
+
+
+def _search_studio(tiny_options, **changes):
+    options = {**tiny_options, "generator": "primitives", "generator_options": {"palette": "shapes", "count": 1},
+               **changes}
+    return clipstudio.Studio(clipstudio.make_config("a red circle on a blue background", **options))
+
+
+def test_search_never_raises_the_loss_on_its_cutouts(tiny_options, monkeypatch):
+    studio = _search_studio(tiny_options)
+    params = studio.cutouts.draw(32, 32)
+    monkeypatch.setattr(studio.cutouts, "draw", lambda *size: params)
+    with torch.no_grad():
+        before = float(studio._objective(None, params)[0][0])
+    choices_before = [c.get() for c in studio.generator.choices()]
+    best = studio.search(sweeps=1)
+    assert best <= before + 1e-6
+    with torch.no_grad():
+        assert best == pytest.approx(float(studio._objective(None, params)[0][0]), abs=1e-5)
+    assert [c.get() for c in studio.generator.choices()] != choices_before
+
+
+def test_search_with_restarts_is_seeded_and_runs_once(tiny_options):
+    options = {**tiny_options, "generator": "primitives", "search": 1, "search_restarts": 2, "steps": 1,
+               "generator_options": {"palette": "shapes", "count": 1}}
+    a, b = clipstudio.generate("a red circle", **options), clipstudio.generate("a red circle", **options)
+    assert np.array_equal(pixels(a), pixels(b))
+    studio = _search_studio(tiny_options, search=1, search_restarts=2)
+    calls = []
+    studio.search = lambda *args: calls.append(args)
+    studio.run()
+    assert calls == [(1, 2)]  # before the first step only
+
+
+def test_search_settings_are_checked(tiny_options):
+    for bad in ({"search": -1}, {"search_restarts": 0}):
+        with pytest.raises(ClipstudioError, match="search"):
+            clipstudio.make_config("a red circle", **{**tiny_options, **bad}).validate()
+
+
+def test_layout_auto_only_in_the_shapes_world(tiny_options):
+    from clipstudio.studio import resolve_layout
+
+    def layout(**changes):
+        return resolve_layout(clipstudio.make_config("a red circle", **changes))
+
+    assert layout(generator="latent") == "primitives"
+    assert layout(generator="primitives") is None
+    assert layout(generator="pixels", clip=tiny_options["clip"]) is None  # a real or random CLIP: no layout
+    assert layout(generator="pixels", layout="none") is None
+    assert layout(generator="pixels", clip=tiny_options["clip"], layout="primitives") == "primitives"
+    with pytest.raises(ClipstudioError, match="layout"):
+        clipstudio.make_config("a red circle", layout="sketch").validate()
+
+
+def test_layout_result_is_the_init_of_the_run(tiny_options, monkeypatch):
+    from clipstudio import studio as studio_module
+
+    full_layout_config = studio_module.layout_config
+
+    def quick_layout_config(config, layout):  # a short layout stage: this test is about the hand-over
+        return full_layout_config(config, layout).replace(search=1, search_restarts=1, steps=2,
+                                                           generator_options={"count": 1})
+
+    monkeypatch.setattr(studio_module, "layout_config", quick_layout_config)
+    options = {**tiny_options, "layout": "primitives", "steps": 0, "generator_options": {"parametrization": "rgb"}}
+    studio = clipstudio.Studio(clipstudio.make_config("a red circle on a blue background", **options))
+    layout = studio_module.Studio(quick_layout_config(studio.config, "primitives"))
+    layout.run()
+    assert studio.init_image is not None
+    assert (studio.image_tensor() - layout.image_tensor()).abs().max() < 0.02

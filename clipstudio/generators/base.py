@@ -10,18 +10,38 @@ A generator is an ``nn.Module`` that holds trainable latent parameters and draws
   differentiable with respect to the trainable parameters.
 - ``post_step()`` is called by the optimizer after each optimizer step (e.g. to clamp latents). The default
   does nothing.
+- ``choices()`` (optional) returns the generator's discrete choices as :class:`Choice` objects (a colour
+  from a palette, a shape type, whether an object is drawn...). Gradients move such choices poorly, so
+  the studio may search them: it sets each option in turn, scores ``forward()`` with the loss, and keeps the
+  best. The default returns no choices.
 
-The optimizer optimizes ``generator.parameters()`` that require grad, calls ``forward()`` and ``post_step()``,
-and nothing else. Frozen parts (decoders, codebooks) must have ``requires_grad=False``.
+The optimizer optimizes ``generator.parameters()`` that require grad, calls ``forward()``, ``post_step()`` and
+``choices()``, and nothing else. Frozen parts (decoders, codebooks) must have ``requires_grad=False``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ClipstudioError
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One discrete choice of a generator: ``options`` values, read by ``get()`` and made by ``set(i)``;
+    the search skips options for which ``allowed(i)`` is False at the time, and adds ``cost(i)`` to the
+    loss of option ``i``."""
+
+    name: str
+    options: int
+    get: Callable[[], int]
+    set: Callable[[int], None]
+    allowed: Callable[[int], bool] = lambda option: True  # e.g. a colour another shape already has
+    cost: Callable[[int], float] = lambda option: 0.0  # added to the loss: a prior, e.g. against extra shapes
 
 
 class Generator(nn.Module):
@@ -41,6 +61,10 @@ class Generator(nn.Module):
 
     def post_step(self) -> None:
         """Called after each optimizer step; override to project the latent back onto its valid set."""
+
+    def choices(self) -> list[Choice]:
+        """The discrete choices the studio may search; none by default."""
+        return []
 
 
 def validate_size(size: tuple[int, int]) -> tuple[int, int]:

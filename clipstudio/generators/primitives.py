@@ -9,16 +9,21 @@ Such an image has no pixel-scale texture in which an adversarial pattern could h
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
 
 from ..errors import ClipstudioError
-from .base import Generator, resize_init
+from .base import Choice, Generator, resize_init
 
 SHAPE_TYPES = ("circle", "square", "triangle")
 MIN_SIZE, MAX_SIZE = 0.1, 0.75  # bounding-box side, as a fraction of the canvas side
+# The coarse grid a search may put a shape on (centre, in fractions of the canvas) and the sizes it may try;
+# the gradient steps refine both afterwards.
+GRID = (0.27, 0.5, 0.73)
+SEARCH_SIZES = (0.26, 0.40, 0.56)
 _SQRT3 = math.sqrt(3.0)
 
 
@@ -48,6 +53,21 @@ def triangle_sdf(dx: torch.Tensor, dy: torch.Tensor, size: torch.Tensor) -> torc
 
 
 SDFS = (circle_sdf, square_sdf, triangle_sdf)
+
+
+def _logit_choice(name: str, logits: torch.Tensor) -> Choice:
+    """A choice over the entries of a 1-D logits tensor: setting option ``v`` makes it the clear argmax."""
+
+    def set_option(value: int) -> None:
+        logits.fill_(0.0)
+        logits[value] = 3.0
+
+    return Choice(name, logits.numel(), lambda: int(logits.argmax()), set_option)
+
+
+def _size_logit(size: float) -> float:
+    """The ``size_logit`` that gives a bounding-box side of ``size``."""
+    return float(_logit(torch.tensor((size - MIN_SIZE) / (MAX_SIZE - MIN_SIZE))))
 
 
 def named_palettes() -> dict[str, torch.Tensor]:
@@ -83,17 +103,33 @@ def straight_through_choice(logits: torch.Tensor) -> torch.Tensor:
 class PrimitivesGenerator(Generator):
     """``count`` shapes over a background.
 
-    Options: ``count`` (default 2), ``edge`` (edge width in pixels), ``palette`` (a limited palette, as in
-    pixray: a name such as ``shapes`` or ``#rrggbb,...``; each colour is then chosen straight-through).
+    Options: ``count`` (default 2), ``edge`` (edge softness in pixels, default 0.4), ``palette`` (a limited
+    palette, as in pixray: a name such as ``shapes`` (the default: the embedded world's eight colours) or
+    ``#rrggbb,...``; each colour is then chosen straight-through; ``none`` frees the colours), ``distinct`` (default true: with a palette, the search keeps the shapes'
+    colours apart from each other and from the background), ``shape_cost`` (default 0.02: how much a drawn
+    shape must lower the loss in the search to be kept).
+
+    :meth:`choices` exposes the discrete decisions (background and shape colours when a palette is set,
+    whether each shape is drawn, its type, a coarse position and size) for the studio's search.
     """
 
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None,
-                 count: int | str = 2, edge: float | str = 1.0, palette: str | None = None,
-                 anneal_steps: int | str = 0, **options):
+                 count: int | str = 2, edge: float | str = 0.4, palette: str | None = "shapes",
+                 anneal_steps: int | str = 0, distinct: bool | str = True, shape_cost: float | str = 0.02,
+                 **options):
         super().__init__(size, init_image, **options)
         # Discrete choices (shape type, palette colour) start as soft mixtures and harden over ``anneal_steps``
         # post-step calls (temperature 1 -> 0.02, as in Gumbel-softmax annealing); 0 means straight-through.
         self.anneal_steps = int(anneal_steps)
+        # With a palette, the search gives every drawn shape its own colour, unlike the background's, so
+        # that each shape reads as one object (as in the shapes world).
+        self.distinct = str(distinct).lower() not in ("0", "false", "no")
+        # Occam's prior for the search: a shape is drawn only if it lowers the loss by at least this much,
+        # so no object the prompt never asked for gets in because the guide is indifferent to it.
+        try:
+            self.shape_cost = float(shape_cost)
+        except (TypeError, ValueError):
+            raise ClipstudioError(f"primitives option shape_cost must be a number, got {shape_cost!r}") from None
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         palette_colours = parse_palette(palette)
         if palette_colours is not None:
@@ -117,6 +153,7 @@ class PrimitivesGenerator(Generator):
             self.background = nn.Parameter(torch.randn(len(self.palette)) * 0.1)
             self.colour = nn.Parameter(torch.randn(k, len(self.palette)) * 0.1)
         self.position = nn.Parameter(_logit(torch.rand(k, 2) * 0.5 + 0.25))
+        self._swapped = self._colours_swapped = 0  # search states of the "swap" choices
         self.size_logit = nn.Parameter(_logit(torch.rand(k) * 0.4 + 0.3))
         self.opacity = nn.Parameter(torch.full((k,), 2.0))
         self.shape_logits = nn.Parameter(torch.randn(k, len(SHAPE_TYPES)) * 0.1)
@@ -147,6 +184,88 @@ class PrimitivesGenerator(Generator):
 
     def post_step(self) -> None:
         self.steps_done += 1
+
+    def choices(self) -> list[Choice]:
+        """Background colour, then per shape: its colour (or not drawn), type, position on a 3x3 grid, size.
+
+        With a palette, "not drawn" is the colour choice's last option, so turning a shape on and giving it
+        the right colour is one move of the search rather than two that each look worse alone.
+        """
+        found = []
+        if self.palette is not None:
+            background = _logit_choice("background", self.background.data)
+            found.append(dataclasses.replace(background, allowed=lambda v: v not in self._used_colours()))
+        for i in range(self.count):
+            if self.palette is not None:
+                found.append(self._colour_or_hidden_choice(i))
+            else:
+                found.append(Choice(f"shape{i}.drawn", 2, lambda i=i: int(self.opacity.data[i] > 0),
+                                    lambda v, i=i: self.opacity.data[i].fill_(2.0 if v else -2.0)))
+            found.append(_logit_choice(f"shape{i}.type", self.shape_logits.data[i]))
+            found.append(Choice(f"shape{i}.position", len(GRID) ** 2, lambda i=i: self._grid_index(i),
+                                lambda v, i=i: self._set_grid(i, v)))
+            found.append(Choice(f"shape{i}.size", len(SEARCH_SIZES), lambda i=i: self._size_index(i),
+                                lambda v, i=i: self.size_logit.data[i].fill_(_size_logit(SEARCH_SIZES[v]))))
+        if self.count == 2:
+            found.append(Choice("swap", 2, lambda: self._swapped, self._set_swapped))
+            if self.palette is not None:
+                found.append(Choice("swap_colours", 2, lambda: self._colours_swapped, self._set_colours_swapped))
+        return found
+
+    def _set_colours_swapped(self, value: int) -> None:
+        """Exchange the two shapes' colours (which colour goes with which shape is easy to get backwards)."""
+        if value != self._colours_swapped:
+            self.colour.data.copy_(self.colour.data.flip(0))
+            self._colours_swapped = value
+
+    def _set_swapped(self, value: int) -> None:
+        """Exchange the two shapes' places (a relation such as "above" may need both to move at once)."""
+        if value != self._swapped:
+            self.position.data.copy_(self.position.data.flip(0))
+            self._swapped = value
+
+    def _colour_or_hidden_choice(self, index: int) -> Choice:
+        colour = _logit_choice(f"shape{index}.colour", self.colour.data[index])
+        hidden = colour.options
+
+        def get() -> int:
+            return colour.get() if self.opacity.data[index] > 0 else hidden
+
+        def set_option(value: int) -> None:
+            self.opacity.data[index].fill_(-2.0 if value == hidden else 2.0)
+            if value != hidden:
+                colour.set(value)
+
+        def allowed(value: int) -> bool:
+            return not self.distinct or value == hidden or value not in self._used_colours(besides=index)
+
+        def cost(value: int) -> float:
+            return 0.0 if value == hidden else self.shape_cost
+
+        return Choice(colour.name, hidden + 1, get, set_option, allowed, cost)
+
+    def _used_colours(self, besides: int | None = None) -> set[int]:
+        """Palette indices taken by the drawn shapes (other than ``besides``) and, for shapes, the background."""
+        if not self.distinct:
+            return set()
+        used = {int(self.colour.data[i].argmax()) for i in range(self.count)
+                if i != besides and self.opacity.data[i] > 0}
+        if besides is not None:
+            used.add(int(self.background.data.argmax()))
+        return used
+
+    def _grid_index(self, index: int) -> int:
+        x, y = torch.sigmoid(self.position.data[index]).tolist()
+        nearest = [min(range(len(GRID)), key=lambda k: abs(GRID[k] - v)) for v in (x, y)]
+        return nearest[1] * len(GRID) + nearest[0]
+
+    def _set_grid(self, index: int, value: int) -> None:
+        row, col = divmod(value, len(GRID))
+        self.position.data[index] = _logit(torch.tensor([GRID[col], GRID[row]]))
+
+    def _size_index(self, index: int) -> int:
+        size = MIN_SIZE + (MAX_SIZE - MIN_SIZE) * float(torch.sigmoid(self.size_logit.data[index]))
+        return min(range(len(SEARCH_SIZES)), key=lambda k: abs(SEARCH_SIZES[k] - size))
 
     def alphas(self) -> torch.Tensor:
         """Each primitive is either drawn or not: hard 0/1 forward, sigmoid gradient backward, so no

@@ -58,6 +58,21 @@ class CutoutParams:
     noise: torch.Tensor  # (cutn, 3, size, size) additive noise, already scaled per cutout
     augment: list[dict] = field(default_factory=list)  # kornia params, one dict per augmentation
 
+    def tiled(self, copies: int) -> CutoutParams:
+        """The same cutouts for ``copies`` images in a row (image-major), e.g. to judge several candidate
+        images on identical views."""
+        cutn = self.boxes.shape[0]
+
+        def tile(key: str, value):
+            if key == "forward_input_shape":  # kornia's record of the batch shape
+                return torch.tensor([cutn * copies, *value.tolist()[1:]], dtype=value.dtype)
+            if key != "order" and torch.is_tensor(value) and value.dim() and value.shape[0] == cutn:
+                return value.repeat(copies, *([1] * (value.dim() - 1)))
+            return value  # per-batch values such as ColorJiggle's order of operations
+
+        return CutoutParams(boxes=self.boxes.repeat(copies, 1, 1), noise=self.noise.repeat(copies, 1, 1, 1),
+                            augment=[{k: tile(k, v) for k, v in d.items()} for d in self.augment])
+
 
 def crop_fractions(cutn: int, cut_pow: float, cut_min: float) -> torch.Tensor:
     """Side of each crop as a fraction of the image's short side: ``cut_min + (1-cut_min) * u**cut_pow``."""
@@ -93,10 +108,15 @@ class Cutouts(nn.Module):
         return CutoutParams(boxes=boxes, noise=noise, augment=augment)
 
     def apply(self, image: torch.Tensor, params: CutoutParams) -> torch.Tensor:
-        """Cut, augment and add noise to ``image`` (1CHW) with the given parameters (differentiable)."""
+        """Cut, augment and add noise to ``image`` (NCHW) with the given parameters (differentiable).
+
+        Every image gets the same ``cutn`` cutouts; the result holds image 0's cutouts, then image 1's...
+        """
         from kornia.geometry.transform import crop_and_resize
 
-        batch = image.expand(self.cutn, -1, -1, -1)
+        if image.shape[0] > 1:
+            params = params.tiled(image.shape[0])
+        batch = image.repeat_interleave(self.cutn, dim=0)
         cuts = crop_and_resize(batch, params.boxes.to(image.device), (self.size, self.size), padding_mode="border")
         for aug, aug_params in zip(self.augments, params.augment):
             cuts = aug(cuts, params=aug_params)

@@ -1,6 +1,7 @@
 """The loss contract.
 
-A loss is an ``nn.Module`` whose ``forward(ctx: LossContext)`` returns a scalar tensor to be minimized.
+A loss is an ``nn.Module`` whose ``forward(ctx: LossContext)`` returns one value to be minimized per image of
+``ctx.image``: a tensor of shape ``(N,)``. (The optimizer passes one image; a search judges several at once.)
 The total objective is the weighted sum of the losses; weights live in the settings, not in the modules,
 so every term is reported unweighted and weighted alike.
 """
@@ -16,14 +17,14 @@ from torch import nn
 class LossContext:
     """What one optimizer step offers the losses."""
 
-    image: torch.Tensor  # (1, 3, H, W) in [0, 1], the generator's output
-    cutouts: torch.Tensor | None  # (cutn, 3, S, S): the step's augmented cutouts, shared by all CLIP losses
+    image: torch.Tensor  # (N, 3, H, W) in [0, 1]: the generator's output (N = 1), or N candidates of a search
+    cutouts: torch.Tensor | None  # (N * cutn, 3, S, S): each image's augmented cutouts, shared by all CLIP losses
     init_image: torch.Tensor | None  # (1, 3, H, W) in [0, 1], when the run has an init image
     step: int
 
 
 class Loss(nn.Module):
-    """Base class: subclasses implement ``forward(ctx) -> scalar``."""
+    """Base class: subclasses implement ``forward(ctx) -> (N,) tensor``."""
 
     needs_cutouts = False
 

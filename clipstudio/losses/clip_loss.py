@@ -49,11 +49,11 @@ class ClipLoss(Loss):
         cuts = ctx.cutouts
         if cuts.shape[-1] != self.guide.image_size:
             cuts = nn.functional.interpolate(cuts, size=self.guide.image_size, mode="bilinear", antialias=True)
-        embeds = self.guide.encode_image(cuts)  # (cutn, D)
-        total = embeds.new_zeros(())
+        embeds = self.guide.encode_image(cuts).view(ctx.image.shape[0], -1, self.targets.shape[-1])  # (N, cutn, D)
+        total = embeds.new_zeros(embeds.shape[0])
         for target, weight, stop in zip(self.targets, self.weights, self.stops):
-            dists = spherical_distance(embeds, target.unsqueeze(0))
+            dists = spherical_distance(embeds, target)
             if stop > -math.inf:
                 dists = stop_gradient_below(dists, stop)
-            total = total + weight * dists.mean()
+            total = total + weight * dists.mean(dim=1)
         return total

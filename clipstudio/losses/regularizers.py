@@ -8,10 +8,10 @@ from .base import Loss, LossContext
 
 
 def total_variation(image: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between neighbouring pixels (Rudin, Osher & Fatemi 1992, squared form)."""
+    """Mean squared difference between neighbouring pixels, per image (Rudin, Osher & Fatemi 1992, squared)."""
     dx = image[..., :, 1:] - image[..., :, :-1]
     dy = image[..., 1:, :] - image[..., :-1, :]
-    return dx.pow(2).mean() + dy.pow(2).mean()
+    return dx.pow(2).flatten(1).mean(1) + dy.pow(2).flatten(1).mean(1)
 
 
 class TVLoss(Loss):
@@ -27,7 +27,7 @@ class AnchorLoss(Loss):
     def forward(self, ctx: LossContext) -> torch.Tensor:
         if ctx.init_image is None:
             raise ClipstudioError("the anchor loss needs an init image (--init-image)")
-        return (ctx.image - ctx.init_image).pow(2).mean()
+        return (ctx.image - ctx.init_image).pow(2).flatten(1).mean(1)
 
 
 LPIPS_BACKBONE_FILES = {
@@ -71,4 +71,5 @@ class PerceptualLoss(Loss):
         if ctx.init_image is None:
             raise ClipstudioError("the perceptual loss needs an init image (--init-image)")
         # LPIPS expects images in [-1, 1].
-        return self.metric(ctx.image * 2 - 1, ctx.init_image * 2 - 1).mean()
+        init = ctx.init_image.expand_as(ctx.image)
+        return self.metric(ctx.image * 2 - 1, init * 2 - 1).flatten()

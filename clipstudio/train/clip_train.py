@@ -110,8 +110,9 @@ def _pick(rng: np.random.Generator, options: Sequence[str], exclude: Sequence[st
     return pool[int(rng.integers(len(pool)))]
 
 
-def twin_scene(rng: np.random.Generator, scene: Scene) -> Scene:
-    """A scene of the same form that differs from ``scene`` in exactly one named attribute."""
+def twin_scene(rng: np.random.Generator, scene: Scene, extra_objects: bool = False) -> Scene:
+    """A scene that differs from ``scene`` in exactly one named attribute, or (with ``extra_objects``) in
+    having one object more or fewer."""
     bg = scene.background
     cols = [o.colour for o in scene.objects]
     shps = [o.shape for o in scene.objects]
@@ -128,7 +129,19 @@ def twin_scene(rng: np.random.Generator, scene: Scene) -> Scene:
         choices += ["position"] * 2
     elif form in ("left_of", "above"):
         choices += ["swap", "swap", "relation", "colour2", "shape2"]
+    if extra_objects:
+        # A one-object caption must not fit a picture with a second object (nor the reverse), or a guided
+        # optimizer adds objects nobody asked for.
+        choices += ["missing"] if form in ("left_of", "above") else ["extra", "extra"]
     what = choices[int(rng.integers(len(choices)))]
+    if what == "extra":
+        relation = "left_of" if rng.random() < 0.5 else "above"
+        first = rng.random() < 0.5
+        return sample_scene(rng, relation, background=bg, colours=cols + [None] if first else [None] + cols,
+                            shapes=shps + [None] if first else [None] + shps)
+    if what == "missing":
+        keep = int(rng.integers(2))
+        return sample_scene(rng, "plain", background=bg, colours=[cols[keep]], shapes=[shps[keep]])
     if what == "background":
         kw["background"] = _pick(rng, COLOURS, cols + [bg])
     elif what in ("colour", "colour2"):
@@ -153,7 +166,8 @@ def twin_scene(rng: np.random.Generator, scene: Scene) -> Scene:
 
 
 def make_batch(step_seed: Sequence[int], batch: int, image_size: int,
-               p_lowres: float = 0.3, max_noise: float = 0.04) -> tuple[torch.Tensor, list[str]]:
+               p_lowres: float = 0.3, max_noise: float = 0.04,
+               extra_objects: bool = False) -> tuple[torch.Tensor, list[str]]:
     """Render one training batch: (images NCHW in [0, 1], captions), fully determined by the seed.
 
     Light augmentation (sometimes rendering small and upsampling, pixel noise) keeps the
@@ -166,7 +180,7 @@ def make_batch(step_seed: Sequence[int], batch: int, image_size: int,
     scenes: list[Scene] = []
     for _ in range(n_base):
         scenes.append(sample_scene(rng, forms[int(rng.choice(len(forms), p=p / p.sum()))]))
-    scenes += [twin_scene(rng, s) for s in scenes[: batch - n_base]]
+    scenes += [twin_scene(rng, s, extra_objects) for s in scenes[: batch - n_base]]
     captions = [random_caption(rng, s) for s in scenes]
     lo = max(16, image_size // 2)
     if rng.random() < p_lowres and lo < image_size:
@@ -217,11 +231,14 @@ def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: st
           resume: bool = False, state_path: Optional[str] = None, save_every: int = 100,
           eval_every: int = 0, threads: int = 2, weight_decay: float = 0.1,
           warmup: Optional[int] = None, log: Callable[[str], None] = print,
-          progress: bool = True, stop_after: Optional[int] = None) -> dict:
+          progress: bool = True, stop_after: Optional[int] = None, extra_objects: bool = False,
+          init: Optional[str] = None) -> dict:
     """Train ``model_name`` from scratch (or resume) and write checkpoints to ``out``.
 
     ``steps`` fixes the learning-rate schedule; ``stop_after`` (optional) ends the run
-    early at that step with a checkpoint, to be continued with ``resume=True``.
+    early at that step with a checkpoint, to be continued with ``resume=True``. ``init`` starts
+    from a checkpoint's weights (fine-tuning); ``extra_objects`` adds twins with one object more
+    or fewer to the batches.
     Returns a summary dict (final loss, last step, seconds, loss history, last evaluation).
     """
     import open_clip
@@ -233,6 +250,8 @@ def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: st
     torch.manual_seed(seed)
     register_configs()
     model, tokenizer = create_model(model_name)
+    if init:
+        model.load_state_dict({k: v.float() for k, v in torch.load(init, map_location="cpu", weights_only=True).items()})
     tok = CachedTokenizer(tokenizer)
     state_path = state_path or str(out) + ".state"
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
@@ -267,7 +286,7 @@ def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: st
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup)
-        imgs, caps = make_batch((seed, step), batch, size)
+        imgs, caps = make_batch((seed, step), batch, size, extra_objects=extra_objects)
         img_f, txt_f, scale = model(normalize(imgs), tok(caps))[:3]
         loss = loss_fn(img_f, txt_f, scale)
         opt.zero_grad(set_to_none=True)
@@ -342,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop (with a checkpoint) at this step; continue later with --resume")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
+    ap.add_argument("--extra-objects", action="store_true",
+                    help="add hard-negative twins with one object more or fewer")
     ap.add_argument("--world", default="shapes", choices=["shapes"], help="training world (only shapes)")
     return ap
 
@@ -353,7 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         summary = train(args.model, args.steps, args.batch, args.lr, args.seed, out, resume=args.resume,
                         state_path=args.state, save_every=args.save_every, eval_every=args.eval_every,
-                        threads=args.threads, stop_after=args.stop_after)
+                        threads=args.threads, stop_after=args.stop_after,
+                        extra_objects=args.extra_objects, init=args.init)
     except ClipstudioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

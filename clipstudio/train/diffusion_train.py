@@ -46,10 +46,15 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def make_batch(seed: int, step: int, batch: int, p_uncond: float) -> tuple[torch.Tensor, list[str]]:
-    """(images N x 3 x 32 x 32 in [0, 1], captions) for one training step; depends only on (seed, step)."""
+def make_batch(seed: int, step: int, batch: int, p_uncond: float,
+               p_partial: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+    """(images N x 3 x 32 x 32 in [0, 1], captions) for one training step; depends only on (seed, step).
+
+    ``p_partial`` of the one-object scenes get a :func:`partial_caption` (colour left free, or the colour
+    alone), so that "a circle on a white background" and the negative prompt "red" mean something.
+    """
     from clipstudio.diffusion.shapes_model import IMAGE_SIZE
-    from clipstudio.world.captions import random_caption
+    from clipstudio.world.captions import partial_caption, random_caption
     from clipstudio.world.render import render_batch, sample_scene
     rng = np.random.default_rng([seed, step])
     forms = list(FORM_WEIGHTS)
@@ -58,7 +63,13 @@ def make_batch(seed: int, step: int, batch: int, p_uncond: float) -> tuple[torch
     for _ in range(batch):
         scene = sample_scene(rng, forms[int(rng.choice(len(forms), p=probs / probs.sum()))])
         scenes.append(scene)
-        caps.append("" if rng.random() < p_uncond else random_caption(rng, scene))
+        r = rng.random()
+        if r < p_uncond:
+            caps.append("")
+        elif r < p_uncond + p_partial and len(scene.objects) == 1:
+            caps.append(partial_caption(rng, scene))
+        else:
+            caps.append(random_caption(rng, scene))
     return render_batch(scenes, IMAGE_SIZE), caps
 
 
@@ -92,7 +103,7 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
           resume: bool = False, save_every: int = 100, p_uncond: float = 0.15, ema_decay: float = 0.999,
           guide: Optional[str] = None, threads: Optional[int] = None, progress: bool = True,
           command: Optional[str] = None, max_minutes: Optional[float] = None,
-          stop_after: Optional[int] = None, min_snr: Optional[float] = None) -> dict:
+          stop_after: Optional[int] = None, min_snr: Optional[float] = None, p_partial: float = 0.15) -> dict:
     """Train (or resume) the shapes diffusion model; returns a summary dict."""
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -158,7 +169,8 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     cfg["prediction_type"] = SM.SCHEDULER_CONFIG["prediction_type"]
     cfg.update({"steps": steps, "lr": lr, "p_uncond": p_uncond, "ema_decay": ema_decay, "unet_config": ucfg,
                 "scheduler_config": SM.SCHEDULER_CONFIG, "image_size": SM.IMAGE_SIZE, "patch": SM.PATCH,
-                "min_snr_gamma": min_snr, "form_weights": FORM_WEIGHTS, "guide": guide_desc})
+                "min_snr_gamma": min_snr, "form_weights": FORM_WEIGHTS, "guide": guide_desc,
+                "p_partial": p_partial})
 
     def save(step: int) -> None:
         atomic_save({"config": cfg, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -179,7 +191,7 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10 + 1))
-        images, caps = make_batch(seed, step, batch, p_uncond)
+        images, caps = make_batch(seed, step, batch, p_uncond, p_partial)
         x0 = SM.to_model_space(images)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=gen)
@@ -232,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue from --state if it exists")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--p-uncond", type=float, default=0.15, help="caption dropout rate (CFG)")
+    ap.add_argument("--p-partial", type=float, default=0.15,
+                    help="share of one-object captions that leave the colour free or name only it")
     ap.add_argument("--guide", default=None, help="guide CLIP checkpoint whose text tower conditions the UNet")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training")
@@ -252,7 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = train(args.steps, args.batch, args.lr, args.seed, args.out, state=args.state, resume=args.resume,
                     save_every=args.save_every, p_uncond=args.p_uncond, guide=args.guide, threads=args.threads,
                     progress=not args.no_progress, command=command, max_minutes=args.max_minutes,
-                    stop_after=args.stop_after, min_snr=args.min_snr)
+                    stop_after=args.stop_after, min_snr=args.min_snr, p_partial=args.p_partial)
     print(f"saved {args.out} at step {summary['step']} ({summary['train_seconds']:.0f} s, "
           f"loss {summary['last_loss']:.4f})")
     return 0

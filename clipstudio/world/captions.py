@@ -154,6 +154,20 @@ def random_caption(rng: np.random.Generator, scene: Scene, p_canonical: float = 
     return opts[int(rng.integers(len(opts)))]
 
 
+def partial_caption(rng: np.random.Generator, scene: Scene) -> str:
+    """A caption that leaves the object's colour free (``a circle on a white background``) or names only the
+    object's colour (``red``), for a one-object scene. A text-to-image model trained on such captions can
+    take "a circle ..." as leaving the colour open and a bare colour word as a negative prompt."""
+    if len(scene.objects) != 1:
+        raise CaptionError("partial captions are for one-object scenes")
+    ob = scene.objects[0]
+    if rng.random() < 0.5:
+        return ob.colour
+    size = f"{ob.size_label} " if scene.form == "sized" else ""
+    where = f" at the {ob.position_label}" if scene.form == "positioned" else ""
+    return f"a {size}{ob.shape}{where} on a {scene.background} background"
+
+
 # --------------------------------------------------------------------------- text -> spec
 _C = "(" + "|".join(COLOURS) + ")"
 _S = "(" + "|".join(SHAPES) + ")"
