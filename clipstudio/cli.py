@@ -85,7 +85,8 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
                         help="save the run state here every --checkpoint-every steps; resume from it if it exists")
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--search", type=int, default=S, metavar="SWEEPS",
-                        help="sweeps of search over the generator's discrete choices before the first step (0: off)")
+                        help="sweeps of search over the generator's discrete choices before the first step "
+                        "(0: off; default 3 with the embedded shapes-world guides, else 0)")
     parser.add_argument("--search-restarts", type=int, default=S,
                         help="searches from random starting choices; the best is kept")
     parser.add_argument("--candidates", type=int, default=S,

@@ -51,7 +51,10 @@ class GenerateConfig:
     perceptual_net: str = "alex"
     init_image: str | None = None
     layout: str = "auto"  # a generator whose result is the init image ("auto": primitives in the shapes world)
-    search: int = 3  # sweeps of coordinate search over the generator's discrete choices before step 0
+    # Sweeps of coordinate search over the generator's discrete choices before step 0. None: 3 when every
+    # guide is an embedded shapes-world model, else 0; a search judges each option on all the cutouts, which
+    # takes seconds with the 32-px guide but many minutes with ViT-B-32, so there it is asked for by hand.
+    search: int | None = None
     search_restarts: int = 4  # searches from random starting choices; the best end state is kept
     candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
@@ -73,7 +76,7 @@ class GenerateConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ClipstudioError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-        if self.search < 0 or self.search_restarts < 1:
+        if (self.search is not None and self.search < 0) or self.search_restarts < 1:
             raise ClipstudioError(f"search needs 0 or more sweeps and 1 or more restarts, got "
                                   f"{self.search} and {self.search_restarts}")
         if self.candidates < 1:
@@ -97,6 +100,18 @@ class GenerateConfig:
         if (self.perceptual or self.anchor) and not self.init_image:
             raise ClipstudioError("--perceptual and --anchor compare against an init image: give --init-image")
         return self
+
+    def shapes_world(self) -> bool:
+        """True when every guide is one of the embedded shapes-world models."""
+        from .guide.clip import EMBEDDED_MODELS
+
+        return all(spec.split(":")[0] in EMBEDDED_MODELS for spec in self.clip)
+
+    def search_sweeps(self) -> int:
+        """The search sweeps this run makes (``search``, with None resolved)."""
+        if self.search is not None:
+            return self.search
+        return 3 if self.shapes_world() else 0
 
     def to_dict(self) -> dict[str, Any]:
         """Only the settings that differ from the defaults (what a recipe file holds)."""

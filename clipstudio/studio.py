@@ -216,14 +216,14 @@ class Studio:
 
     def _search_once(self) -> None:
         """The configured search, once, before the first step (a resumed run has done it already)."""
-        if not self.searched and self.step_index == 0 and self.config.search:
-            self.search(self.config.search, self.config.search_restarts)
+        if not self.searched and self.step_index == 0 and self.config.search_sweeps():
+            self.search(self.config.search_sweeps(), self.config.search_restarts)
         self.searched = True
 
     def step(self) -> StepInfo:
         """One optimizer step. A NaN or inf in the loss or a gradient skips the step (and says so).
 
-        Before the first step, the generator's discrete choices are searched (``config.search`` sweeps).
+        Before the first step, the generator's discrete choices are searched (``config.search_sweeps()``).
         """
         self._search_once()
         self.optimizer.zero_grad(set_to_none=True)
@@ -348,13 +348,10 @@ def resolve_layout(config: GenerateConfig) -> str | None:
     latent or pixel generator left to gradients alone drifts into textures its guide likes; starting it
     from a searched layout keeps the composition right while it refines the look.
     """
-    from .guide.clip import EMBEDDED_MODELS
-
     if config.layout in ("none", "") or config.init_image:
         return None
     if config.layout == "auto":
-        shapes_world = all(spec.split(":")[0] in EMBEDDED_MODELS for spec in config.clip)
-        return "primitives" if shapes_world and config.generator != "primitives" else None
+        return "primitives" if config.shapes_world() and config.generator != "primitives" else None
     return None if config.layout == config.generator else config.layout
 
 

@@ -150,6 +150,12 @@ def test_search_with_restarts_is_seeded_and_runs_once(tiny_options):
     assert calls == [(1, 2)]  # before the first step only
 
 
+def test_search_is_on_by_default_only_in_the_shapes_world(tiny_options):
+    assert clipstudio.make_config("a red circle").search_sweeps() == 3
+    assert clipstudio.make_config("a red circle", clip=tiny_options["clip"]).search_sweeps() == 0
+    assert clipstudio.make_config("a red circle", clip=tiny_options["clip"], search=2).search_sweeps() == 2
+
+
 def test_search_settings_are_checked(tiny_options):
     for bad in ({"search": -1}, {"search_restarts": 0}):
         with pytest.raises(ClipstudioError, match="search"):
