@@ -317,7 +317,9 @@ class Studio:
         bar = _progress_bar(self.config.steps - self.step_index, progress)
         start = time.perf_counter()
         steps_at_start = self.step_index
+        bar.set_description("search")  # the search before step 0 can take longer than the steps
         self._search_once()
+        bar.set_description("generate")
         while self.step_index < self.config.steps:
             info = self.step()
             bar.update(1)
