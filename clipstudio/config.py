@@ -76,9 +76,10 @@ class GenerateConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ClipstudioError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-        if (self.search is not None and self.search < 0) or self.search_restarts < 1:
-            raise ClipstudioError(f"search needs 0 or more sweeps and 1 or more restarts, got "
-                                  f"{self.search} and {self.search_restarts}")
+        if self.search is not None and self.search < 0:
+            raise ClipstudioError(f"search needs 0 or more sweeps, got {self.search}")
+        if self.search_restarts < 1:
+            raise ClipstudioError(f"search-restarts must be at least 1, got {self.search_restarts}")
         if self.candidates < 1:
             raise ClipstudioError(f"candidates must be at least 1, got {self.candidates}")
         if self.cutn < 1:

@@ -158,6 +158,24 @@ def test_cfg_wrapper_equals_formula_in_one_batched_call():
     torch.testing.assert_close(S.cfg_model(model_fn, cond, uncond, 0.0)(x, t), e_u)
 
 
+def test_guidance_rescale_matches_the_conditional_std():
+    torch.manual_seed(0)
+    cond, guided = torch.randn(3, 4, 5, 5), 4 * torch.randn(3, 4, 5, 5)
+    full = S.cfg_rescale(guided, cond, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+    torch.testing.assert_close(S.cfg_rescale(guided, cond, 0.0), guided)
+    torch.testing.assert_close(S.cfg_rescale(guided, cond, 0.5), 0.5 * full + 0.5 * guided)
+
+
+def test_backend_guidance_rescale_option(parts):
+    be = backend_for(parts, "ddim")
+    a = be.generate("a red circle", steps=2, guidance=6.0, seed=0)
+    b = be.generate("a red circle", steps=2, guidance=6.0, seed=0, guidance_rescale=1.0)
+    assert not torch.equal(a, b)
+    with pytest.raises(ClipstudioError, match="rescale"):
+        be.generate("a red circle", steps=2, guidance_rescale=1.5)
+
+
 def test_negative_prompt_changes_uncond(parts):
     _, enc = parts
     cond, uncond = B.encode_prompts(enc, "a circle", None, 2)

@@ -24,3 +24,32 @@ def test_bad_input(tmp_path):
         C.compare([], [0], str(tmp_path))
     with pytest.raises(ClipstudioError, match="positive"):
         C.main(["-o", str(tmp_path), "--seeds", "0"])
+    with pytest.raises(ClipstudioError, match="unknown generator 'dalle'"):
+        C.main(["-o", str(tmp_path), "--generator", "dalle"])
+    with pytest.raises(ClipstudioError, match="unknown method"):
+        C.clip_generator("cfg-diffusion:pixels")
+
+
+def test_methods_name_their_generator():
+    assert C.clip_generator("clip-guided") is None and C.clip_generator("cfg-diffusion") is None
+    assert C.clip_generator("clip-guided:pixels") == "pixels"
+
+
+def test_compare_end_to_end_writes_report_and_sheet(tmp_path):
+    """One prompt, one seed, two CLIP-guided generators and the CFG backend (in this process: spawning one per
+    method, as the CLI does to measure each one's peak memory, costs seconds of imports each)."""
+    pytest.importorskip("diffusers")
+    from PIL import Image
+    from clipstudio.diffusion.shapes_model import DEFAULT_CHECKPOINT
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip("no shipped shapes-diffusion checkpoint")
+    methods = ["clip-guided:pixels", "clip-guided:primitives", "cfg-diffusion"]
+    opts = {"clip_options": {"steps": 1, "search": 0, "layout": "none", "cutn": 4}, "steps": 2}
+    res = C.compare(["a red circle on a blue background"], [0], str(tmp_path), methods=methods, options=opts,
+                    isolated=False)
+    assert list(res) == methods
+    for r in res.values():
+        assert 0 <= r["check_pass_rate"] <= 1 and r["n"] == 1 and r["seconds_per_image"] > 0 and r["peak_rss_mb"] > 50
+    report = (tmp_path / "report.md").read_text()
+    assert all(f"| {m} |" in report for m in methods)
+    assert Image.open(tmp_path / "sheet.png").size == (330 + 96 * 3, 20 + 96)

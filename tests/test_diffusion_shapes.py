@@ -57,8 +57,8 @@ def test_make_batch_is_seeded_and_drops_captions():
 def tiny_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     out, state = str(d / "m.pt"), str(d / "m.state")
-    DT.main(["--steps", "5", "--stop-after", "3", "--batch", "4", "--save-every", "2", "--out", out,
-             "--state", state, "--guide", str(d / "no-guide.pt"), "--no-progress"])
+    DT.main(["--space", "pixel", "--steps", "5", "--stop-after", "3", "--batch", "4", "--save-every", "2",
+             "--out", out, "--state", state, "--guide", str(d / "no-guide.pt"), "--no-progress"])
     return d, out, state
 
 
@@ -68,11 +68,11 @@ def test_train_writes_checkpoint_sidecar_and_resumes_exactly(tiny_run):
     assert meta["step"] == 3 and "--steps 5" in meta["command"] and meta["config"]["p_uncond"] == 0.15
     assert os.path.getsize(out) < 12e6
     # stopped at 3 of 5, then resumed to 5 == 5 steps straight
-    DT.main(["--steps", "5", "--batch", "4", "--out", out, "--state", state, "--resume", "--no-progress",
-             "--guide", str(d / "no-guide.pt")])
+    DT.main(["--space", "pixel", "--steps", "5", "--batch", "4", "--out", out, "--state", state, "--resume",
+             "--no-progress", "--guide", str(d / "no-guide.pt")])
     straight = str(d / "s.pt")
-    DT.main(["--steps", "5", "--batch", "4", "--out", straight, "--state", str(d / "s.state"), "--no-progress",
-             "--guide", str(d / "no-guide.pt")])
+    DT.main(["--space", "pixel", "--steps", "5", "--batch", "4", "--out", straight, "--state", str(d / "s.state"),
+             "--no-progress", "--guide", str(d / "no-guide.pt")])
     a = torch.load(state, weights_only=False)
     b = torch.load(str(d / "s.state"), weights_only=False)
     assert a["step"] == b["step"] == 5
@@ -93,7 +93,7 @@ def test_load_backend_and_generate(tiny_run):
     assert 0 <= r["rate"] <= 1 and r["n"] == 5
 
 
-def test_bad_checkpoints_and_arguments(tmp_path):
+def test_bad_checkpoints_and_arguments(tmp_path, monkeypatch):
     with pytest.raises(ClipstudioError, match="missing diffusion checkpoint"):
         SM.load_shapes_backend(tmp_path / "none.pt")
     bad = tmp_path / "bad.pt"
@@ -104,6 +104,12 @@ def test_bad_checkpoints_and_arguments(tmp_path):
         DT.main(["--steps", "0", "--out", str(tmp_path / "x.pt")])
     with pytest.raises(ClipstudioError, match="p-uncond"):
         DT.main(["--p-uncond", "1.5", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(ClipstudioError, match="dataset"):
+        DT.main(["--dataset", "0", "--out", str(tmp_path / "x.pt")])
+    monkeypatch.setenv("CLIPSTUDIO_OFFLINE", "1")
+    monkeypatch.setenv("CLIPSTUDIO_HOME", str(tmp_path / "home"))
+    with pytest.raises(ClipstudioError, match="not found offline: put taef2_encoder.pth"):
+        DT.main(["--weights-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "x.pt")])
 
 
 def test_object_colour_and_prompts():
@@ -115,6 +121,65 @@ def test_object_colour_and_prompts():
     assert len(ps) == 10 and len(set(ps)) > 5
 
 
+# --------------------------------------------------------------------------- the TAEF2 latent space
+
+@pytest.fixture(scope="module")
+def tiny_latent_run(tmp_path_factory):
+    from generator_fixtures import write_tiny_taef2
+    d = tmp_path_factory.mktemp("latent")
+    tae = write_tiny_taef2(d / "taef2", width=8, latent_channels=SM.LATENT_CHANNELS)
+    out, state = str(d / "m.pt"), str(d / "m.state")
+    args = ["--space", "taef2", "--dataset", "24", "--batch", "4", "--save-every", "2", "--out", out,
+            "--state", state, "--guide", str(d / "no-guide.pt"), "--weights-dir", str(tae), "--no-progress"]
+    DT.main(args + ["--steps", "4", "--stop-after", "2"])
+    return d, out, state, args
+
+
+def test_latent_dataset_is_seeded_and_cached(tiny_latent_run):
+    d, out, state, args = tiny_latent_run
+    cache = torch.load(state + ".latents", weights_only=True)
+    assert cache["latents"].shape == (24, SM.LATENT_CHANNELS, 8, 8) and cache["latents"].dtype == torch.float16
+    assert cache["fingerprint"]["n"] == 24 and len(cache["fingerprint"]["encoder_sha256"]) == 64
+    scenes = DT.dataset_scenes(0, 24)
+    assert [s.background for s in scenes] == [s.background for s in DT.dataset_scenes(0, 24)]
+    z1, c1 = DT.make_latent_batch(0, 7, 6, scenes, cache["latents"], 0.3, 0.2)
+    z2, c2 = DT.make_latent_batch(0, 7, 6, scenes, cache["latents"], 0.3, 0.2)
+    assert torch.equal(z1, z2) and c1 == c2 and z1.shape == (6, SM.LATENT_CHANNELS, 8, 8)
+    # resuming reuses the cache (same fingerprint) instead of encoding again
+    before = os.path.getmtime(state + ".latents")
+    DT.main(args + ["--steps", "4", "--resume"])
+    assert os.path.getmtime(state + ".latents") == before
+    assert torch.load(state, weights_only=False)["step"] == 4
+
+
+def test_latent_checkpoint_generates_64px_images(tiny_latent_run):
+    _, out, _, _ = tiny_latent_run
+    ck = torch.load(out, weights_only=True)
+    assert ck["space"]["kind"] == "taef2" and len(ck["space"]["latent_std"]) == SM.LATENT_CHANNELS
+    assert ck["scheduler_config"]["beta_schedule"] == "scaled_linear"
+    assert all(v.dtype == torch.float16 for v in ck["decoder"].values())
+    be = SM.load_shapes_backend(out)
+    img = be.generate("a red circle on a blue background", steps=3, n=2, seed=0)
+    assert img.shape == (2, 3, 64, 64) and 0 <= img.min() and img.max() <= 1
+    assert torch.equal(img, be.generate("a red circle on a blue background", steps=3, n=2, seed=0))
+
+
+def test_latent_resume_refuses_another_space(tiny_latent_run):
+    _, _, _, args = tiny_latent_run
+    with pytest.raises(ClipstudioError, match="space taef2"):
+        DT.main([a if a != "taef2" else "pixel" for a in args] + ["--steps", "4", "--resume"])
+
+
+def test_corrupt_latent_checkpoint_is_one_line(tiny_latent_run, tmp_path):
+    _, out, _, _ = tiny_latent_run
+    ck = torch.load(out, weights_only=True)
+    ck["decoder"] = {k: v[:1] for k, v in ck["decoder"].items()}
+    p = tmp_path / "bad-decoder.pt"
+    torch.save(ck, p)
+    with pytest.raises(ClipstudioError, match="could not load|do not fit"):
+        SM.load_shapes_backend(p)
+
+
 # --------------------------------------------------------------------------- the shipped model (slow)
 
 @pytest.mark.slow
@@ -124,8 +189,10 @@ def test_shipped_model_meets_targets():
     be = SM.load_shapes_backend()
     r = SM.check_pass_rate(be, SM.canonical_prompts(100), steps=50)
     assert r["rate"] >= 0.9, r
-    sweep = [SM.check_pass_rate(be, SM.canonical_prompts(50, seed=99), w, 50, seed=1)["rate"] for w in (1, 2, 4, 8)]
-    assert sweep[-1] > sweep[0], sweep
+    # measured: adherence rises from w=0 (unconditional) to w=1 and w=2, and falls beyond w=4 (over-guidance
+    # distorts shapes; guidance rescale did not help), so the default is w=3
+    sweep = [SM.check_pass_rate(be, SM.canonical_prompts(50, seed=99), w, 50, seed=1)["rate"] for w in (0, 1, 2)]
+    assert sweep[0] < 0.1 < 0.8 < sweep[1] <= sweep[2], sweep
     base = SM.colour_rate(be, "a circle on a white background", "red", "white", 64, seed=5)
     neg = SM.colour_rate(be, "a circle on a white background", "red", "white", 64, negative="red", seed=5)
     assert base > 0 and neg < base / 3, (base, neg)
@@ -141,3 +208,18 @@ def test_loader_takes_training_keys_from_checkpoint_and_sampling_keys_from_code(
     assert be.prediction == "epsilon" and be.scheduler_config["prediction_type"] == "epsilon"
     assert be.scheduler_config["clip_sample"] is False
     assert SM.load_shapes_backend(out).prediction == "v_prediction"
+
+
+def test_text_cache_survives_being_cleared():
+    calls = []
+
+    def encoder(texts):
+        calls.append(list(texts))
+        return torch.stack([torch.full((2, 3), float(len(t))) for t in texts])
+
+    cache = DT.TextCache(encoder, max_items=3)
+    cache(["", "ab"])
+    out = cache(["abc", "abcd", ""])        # 2 + 2 > 3: the cache is cleared, "" must be encoded again
+    assert [float(r[0, 0]) for r in out] == [3.0, 4.0, 0.0]
+    assert calls[-1] == ["abc", "abcd", ""]
+    assert float(cache(["abc"])[0, 0, 0]) == 3.0 and len(calls) == 2

@@ -157,8 +157,9 @@ def test_search_is_on_by_default_only_in_the_shapes_world(tiny_options):
 
 
 def test_search_settings_are_checked(tiny_options):
-    for bad in ({"search": -1}, {"search_restarts": 0}):
-        with pytest.raises(ClipstudioError, match="search"):
+    for bad, message in (({"search": -1}, "0 or more sweeps, got -1"),
+                         ({"search_restarts": 0}, "search-restarts must be at least 1, got 0")):
+        with pytest.raises(ClipstudioError, match=message):
             clipstudio.make_config("a red circle", **{**tiny_options, **bad}).validate()
 
 

@@ -145,6 +145,7 @@ def encode_prompts(text_encoder: Callable, prompt: str, negative: Optional[str],
 
 def cfg_sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, shape: Sequence[int], *,
                guidance: float, steps: int, generator: torch.Generator, eta: float = 0.0,
+               guidance_rescale: float = 0.0,
                progress: bool = False) -> torch.Tensor:
     """Unrolled CFG sampling loop over a diffusers UNet2DConditionModel and scheduler; returns x_0 (model space)."""
     check_steps(steps)
@@ -163,7 +164,8 @@ def cfg_sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, shape:
     if guidance == 1.0:
         model_fn = bind_cond(unet_fn, cond.to(device, dtype))
     else:
-        model_fn = cfg_model(unet_fn, cond.to(device, dtype), uncond.to(device, dtype), guidance)
+        model_fn = cfg_model(unet_fn, cond.to(device, dtype), uncond.to(device, dtype), guidance,
+                             rescale=guidance_rescale)
 
     step_kwargs = {"generator": generator}
     if type(scheduler).__name__ == "DDIMScheduler":
@@ -193,6 +195,7 @@ class CFGBackend:
     default_sampler: str = "ddim"
     default_guidance: float = 4.0
     default_steps: int = 50
+    default_guidance_rescale: float = 0.0
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -203,10 +206,12 @@ class CFGBackend:
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[str], *, negative: Optional[str] = None,
                  guidance: Optional[float] = None, steps: Optional[int] = None, seed: int = 0, n: int = 1,
-                 sampler: Optional[str] = None, eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+                 sampler: Optional[str] = None, eta: float = 0.0, progress: bool = False,
+                 guidance_rescale: Optional[float] = None) -> torch.Tensor:
         """n images (n x 3 x H x W in [0, 1]) for a prompt, seeded; negative replaces the empty uncond prompt.
 
-        A list of prompts gives one image each (n is then ignored) in one batch.
+        A list of prompts gives one image each (n is then ignored) in one batch. ``guidance_rescale`` (phi in
+        [0, 1], default the model's) is Lin et al.'s rescale of the guided prediction.
         """
         sampler = sampler or self.default_sampler
         entry = sampler_entry(sampler)
@@ -229,6 +234,9 @@ class CFGBackend:
             raise ClipstudioError(f"guidance must be >= 0, got {guidance}")
         if eta < 0:
             raise ClipstudioError(f"eta must be >= 0, got {eta}")
+        rescale = self.default_guidance_rescale if guidance_rescale is None else guidance_rescale
+        if not 0 <= float(rescale) <= 1:
+            raise ClipstudioError(f"guidance rescale must be in [0, 1], got {rescale}")
         if isinstance(prompt, str):
             cond, uncond = encode_prompts(self.text_encoder, prompt, negative, n)
         else:
@@ -237,7 +245,7 @@ class CFGBackend:
         scheduler = make_scheduler(sampler, config=self.scheduler_config)
         g = torch.Generator().manual_seed(int(seed))
         x = cfg_sample(self.unet, scheduler, cond, uncond, (n,) + self.sample_shape, guidance=float(guidance),
-                       steps=steps, generator=g, eta=eta, progress=progress)
+                       steps=steps, generator=g, eta=eta, progress=progress, guidance_rescale=float(rescale))
         if self.decoder is not None:
             x = self.decoder(x)
         return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
@@ -329,6 +337,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("-o", "--output", default="diffuse.png", help="PNG; with --n K > 1: NAME_0.png ... NAME_K-1.png")
     ap.add_argument("--negative", default=None, help="negative prompt (replaces the empty unconditional prompt)")
     ap.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
+    ap.add_argument("--guidance-rescale", type=float, default=None,
+                    help="phi in [0, 1]: rescale the guided prediction's std to the conditional one's "
+                         "(Lin et al. 2023; default: the model's)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=1, help="images in the batch")
@@ -356,6 +367,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from clipstudio.diffusion.shapes_model import load_shapes_backend
         be = load_shapes_backend()
     images = be.generate(args.prompt, negative=args.negative, guidance=args.guidance, steps=args.steps,
+                         guidance_rescale=args.guidance_rescale,
                          seed=args.seed, n=args.n, sampler=args.sampler, eta=args.eta,
                          progress=sys.stderr.isatty())
     pils = to_pil(images)

@@ -26,26 +26,41 @@ from clipstudio.errors import ClipstudioError
 METHODS = ("clip-guided", "cfg-diffusion")
 
 
+def clip_generator(method: str) -> Optional[str]:
+    """The generator of a 'clip-guided:GENERATOR' method (None: the default one); a one-line error if unknown."""
+    from clipstudio.generators import list_generators
+    base, _, generator = method.partition(":")
+    if base not in METHODS or (generator and base != "clip-guided"):
+        raise ClipstudioError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)} "
+                              f"or clip-guided:GENERATOR")
+    if generator and generator not in list_generators():
+        raise ClipstudioError(f"unknown generator '{generator}' in method '{method}'; "
+                              f"choose one of: {', '.join(list_generators())}")
+    return generator or None
+
+
 def _run_method(method: str, prompts: Sequence[str], seeds: Sequence[int], options: dict, threads: int) -> dict:
     """Generate every (prompt, seed) image with one method in this process; images as HxWx3 uint8 at 64 px."""
     torch.set_num_threads(threads)
     from PIL import Image
     images, seconds = [], []
+    generator = clip_generator(method)
+    clip_options = dict(options.get("clip_options", {}))
+    if generator:
+        clip_options["generator"] = generator
     if method == "cfg-diffusion":
         from clipstudio.diffusion.shapes_model import load_shapes_backend, to_uint8
         be = load_shapes_backend(options.get("checkpoint"))
     for p in prompts:
         for s in seeds:
             t0 = time.perf_counter()
-            if method == "clip-guided":
-                import clipstudio
-                img = clipstudio.generate(p, seed=s, **options.get("clip_options", {})).image.convert("RGB")
-            elif method == "cfg-diffusion":
+            if method == "cfg-diffusion":
                 arr = to_uint8(be.generate(p, seed=s, steps=options.get("steps", 50),
                                            guidance=options.get("guidance")))[0]
                 img = Image.fromarray(arr)
             else:
-                raise ClipstudioError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)}")
+                import clipstudio
+                img = clipstudio.generate(p, seed=s, **clip_options).image.convert("RGB")
             seconds.append(time.perf_counter() - t0)
             images.append(np.asarray(img))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -106,20 +121,24 @@ def contact_sheet(rows: list[list[np.ndarray]], labels: list[str], methods: Sequ
 
 
 def compare(prompts: Sequence[str], seeds: Sequence[int], out_dir: str, methods: Sequence[str] = METHODS,
-            options: Optional[dict] = None, threads: int = 1) -> dict:
-    """Run each method on every (prompt, seed); write report.md, sheet.png and results.json in out_dir."""
+            options: Optional[dict] = None, threads: int = 1, isolated: bool = True) -> dict:
+    """Run each method on every (prompt, seed); write report.md, sheet.png and results.json in out_dir.
+
+    ``isolated`` runs each method in a fresh process so that its peak memory is its own; without it (tests)
+    the methods run here and peak memory is this process's.
+    """
     from clipstudio.world.check import check_image
     options = options or {}
     for m in methods:
-        if m not in METHODS:
-            raise ClipstudioError(f"unknown method '{m}'; choose one of: {', '.join(METHODS)}")
+        clip_generator(m)
     if not prompts or not seeds:
         raise ClipstudioError("compare needs at least one prompt and one seed")
     os.makedirs(out_dir, exist_ok=True)
     captions = [p for p in prompts for _ in seeds]
     results, images = {}, {}
     for m in methods:
-        r = run_isolated(m, prompts, seeds, options, threads)
+        r = (run_isolated(m, prompts, seeds, options, threads) if isolated
+             else _run_method(m, prompts, seeds, options, threads))
         images[m] = r["images"]
         passed = [check_image(im, c).passed for im, c in zip(r["images"], captions)]
         scores = eval_clip_scores(r["images"], captions)
@@ -153,7 +172,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--prompts", type=int, default=10, help="number of canonical-grammar prompts")
     ap.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; overrides --prompts)")
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--clip-steps", type=int, default=100, help="optimizer steps of the CLIP-guided method")
+    ap.add_argument("--generator", action="append", default=None,
+                    help="run the CLIP-guided optimizer with this generator (repeatable; default: generate's)")
+    ap.add_argument("--clip-steps", type=int, default=None,
+                    help="optimizer steps of the CLIP-guided method (default: generate's)")
     ap.add_argument("--diffusion-steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
@@ -161,8 +183,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.prompts <= 0 or args.seeds <= 0:
         raise ClipstudioError("--prompts and --seeds must be positive")
     prompts = args.prompt or canonical_prompts(args.prompts, seed=7)
-    opts = {"clip_options": {"steps": args.clip_steps}, "steps": args.diffusion_steps, "guidance": args.guidance}
-    res = compare(prompts, list(range(args.seeds)), args.out, options=opts, threads=args.threads)
+    clip_options = {"steps": args.clip_steps} if args.clip_steps is not None else {}
+    opts = {"clip_options": clip_options, "steps": args.diffusion_steps, "guidance": args.guidance}
+    methods = [f"clip-guided:{g}" for g in args.generator] if args.generator else ["clip-guided"]
+    methods.append("cfg-diffusion")
+    res = compare(prompts, list(range(args.seeds)), args.out, methods=methods, options=opts, threads=args.threads)
     for m, r in res.items():
         print(f"{m}: pass {r['check_pass_rate']:.3f}, eval-CLIP {r['eval_clip_score']:.2f}, "
               f"{r['seconds_per_image']:.2f} s/image, peak {r['peak_rss_mb']:.0f} MB")

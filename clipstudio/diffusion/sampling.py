@@ -184,10 +184,20 @@ def cfg_combine(out_uncond: torch.Tensor, out_cond: torch.Tensor, w: float) -> t
     return out_uncond + w * (out_cond - out_uncond)
 
 
-def cfg_model(model_fn: Callable, cond: torch.Tensor, uncond: torch.Tensor, w: float) -> ModelFn:
+def cfg_rescale(guided: torch.Tensor, out_cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale: match the guided output's per-sample std to the conditional one's, mixed by phi
+    (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", eq. 15-16)."""
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (out_cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-8))
+    return phi * rescaled + (1 - phi) * guided
+
+
+def cfg_model(model_fn: Callable, cond: torch.Tensor, uncond: torch.Tensor, w: float,
+              rescale: float = 0.0) -> ModelFn:
     """Wrap model_fn(x, t, cond) into a guided (x, t) -> eps with one batched call (Ho & Salimans 2022).
 
-    ``cond`` and ``uncond`` have the batch size of ``x`` (or 1, then broadcast).
+    ``cond`` and ``uncond`` have the batch size of ``x`` (or 1, then broadcast); ``rescale`` > 0 applies
+    :func:`cfg_rescale`, which keeps high guidance weights from over-saturating the prediction.
     """
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -196,7 +206,8 @@ def cfg_model(model_fn: Callable, cond: torch.Tensor, uncond: torch.Tensor, w: f
         t = _as_t(t, x)
         out = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([u, c]))
         out_u, out_c = out.chunk(2)
-        return cfg_combine(out_u, out_c, w)
+        combined = cfg_combine(out_u, out_c, w)
+        return cfg_rescale(combined, out_c, rescale) if rescale else combined
     return guided
 
 

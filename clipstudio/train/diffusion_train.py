@@ -31,6 +31,7 @@ import torch
 from clipstudio.errors import ClipstudioError
 from clipstudio.images import atomic_torch_save
 
+SPACES = ("taef2", "pixel")
 FORM_WEIGHTS = {"plain": 0.18, "sized": 0.18, "positioned": 0.2, "left_of": 0.22, "above": 0.22}
 
 
@@ -46,31 +47,95 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def training_caption(rng: np.random.Generator, scene, p_uncond: float, p_partial: float) -> str:
+    """One training caption: empty (``p_uncond``, for CFG), partial (``p_partial`` of one-object scenes) or full."""
+    from clipstudio.world.captions import partial_caption, random_caption
+    r = rng.random()
+    if r < p_uncond:
+        return ""
+    if r < p_uncond + p_partial and len(scene.objects) == 1:
+        return partial_caption(rng, scene)
+    return random_caption(rng, scene)
+
+
+def sample_scenes(rng: np.random.Generator, n: int) -> list:
+    """n scenes, their caption forms drawn with FORM_WEIGHTS."""
+    from clipstudio.world.render import sample_scene
+    forms = list(FORM_WEIGHTS)
+    probs = np.array([FORM_WEIGHTS[f] for f in forms])
+    return [sample_scene(rng, forms[int(rng.choice(len(forms), p=probs / probs.sum()))]) for _ in range(n)]
+
+
 def make_batch(seed: int, step: int, batch: int, p_uncond: float,
                p_partial: float = 0.0) -> tuple[torch.Tensor, list[str]]:
-    """(images N x 3 x 32 x 32 in [0, 1], captions) for one training step; depends only on (seed, step).
+    """(images N x 3 x 32 x 32 in [0, 1], captions) for one pixel-space step; depends only on (seed, step).
 
     ``p_partial`` of the one-object scenes get a :func:`partial_caption` (colour left free, or the colour
     alone), so that "a circle on a white background" and the negative prompt "red" mean something.
     """
     from clipstudio.diffusion.shapes_model import IMAGE_SIZE
-    from clipstudio.world.captions import partial_caption, random_caption
-    from clipstudio.world.render import render_batch, sample_scene
+    from clipstudio.world.render import render_batch
     rng = np.random.default_rng([seed, step])
-    forms = list(FORM_WEIGHTS)
-    probs = np.array([FORM_WEIGHTS[f] for f in forms])
     scenes, caps = [], []
-    for _ in range(batch):
-        scene = sample_scene(rng, forms[int(rng.choice(len(forms), p=probs / probs.sum()))])
+    for scene in sample_scenes(rng, batch):
         scenes.append(scene)
-        r = rng.random()
-        if r < p_uncond:
-            caps.append("")
-        elif r < p_uncond + p_partial and len(scene.objects) == 1:
-            caps.append(partial_caption(rng, scene))
-        else:
-            caps.append(random_caption(rng, scene))
+        caps.append(training_caption(rng, scene, p_uncond, p_partial))
     return render_batch(scenes, IMAGE_SIZE), caps
+
+
+# --------------------------------------------------------------------------- the TAEF2 latent space
+
+DATASET_STREAM = 0x5CE7E5   # the rng stream of the encoded dataset's scenes, apart from the per-step streams
+
+
+def dataset_scenes(seed: int, n: int) -> list:
+    """The n scenes of the pre-encoded latent dataset; depend only on (seed, n)."""
+    return sample_scenes(np.random.default_rng([seed, DATASET_STREAM]), n)
+
+
+def encode_dataset(scenes: Sequence, encoder: torch.nn.Module, path: str | os.PathLike, fingerprint: dict,
+                   image_size: int, chunk: int = 250, save_every: int = 20, progress: bool = True) -> torch.Tensor:
+    """TAEF2 latents (fp16) of the scenes rendered at ``image_size``, cached at ``path`` and resumable.
+
+    Encoding runs under bf16 autocast (AMX on recent Xeons): 1.7x faster than fp32 here, latents within 1.5%
+    of the fp32 ones (relative RMS), far inside the 20% latent noise the decoder was measured to tolerate.
+    """
+    from tqdm.auto import tqdm
+
+    from clipstudio.world.render import render_batch
+    done = torch.zeros(0)
+    if os.path.isfile(path):
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.get("fingerprint") == fingerprint:
+            done = cached["latents"]
+    if len(done) >= len(scenes):
+        return done[:len(scenes)]
+    parts = [done] if len(done) else []
+    bar = tqdm(total=len(scenes), initial=len(done), desc="encode latents", disable=not progress)
+    for k, i in enumerate(range(len(done), len(scenes), chunk)):
+        images = render_batch(scenes[i:i + chunk], image_size)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            parts.append(encoder(images).float().half())
+        bar.update(len(images))
+        if (k + 1) % save_every == 0 or i + chunk >= len(scenes):
+            atomic_save({"fingerprint": fingerprint, "latents": torch.cat(parts)}, path)
+    bar.close()
+    return torch.cat(parts)
+
+
+def make_latent_batch(seed: int, step: int, batch: int, scenes: Sequence, latents: torch.Tensor,
+                      p_uncond: float, p_partial: float) -> tuple[torch.Tensor, list[str]]:
+    """(encoded latents N x C x h x w, captions) for one latent-space step; depends only on (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    idx = rng.integers(len(scenes), size=batch)
+    caps = [training_caption(rng, scenes[int(i)], p_uncond, p_partial) for i in idx]
+    return latents[torch.from_numpy(idx)].float(), caps
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 class TextCache:
@@ -83,9 +148,10 @@ class TextCache:
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing and len(self.cache) + len(missing) > self.max_items:
+            self.cache.clear()                       # then every text of this batch is missing, not only the new
+            missing = list(dict.fromkeys(texts))
         if missing:
-            if len(self.cache) + len(missing) > self.max_items:
-                self.cache.clear()
             for t, row in zip(missing, self.encoder(missing)):
                 self.cache[t] = row
         return torch.stack([self.cache[t] for t in texts])
@@ -103,7 +169,9 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
           resume: bool = False, save_every: int = 100, p_uncond: float = 0.15, ema_decay: float = 0.999,
           guide: Optional[str] = None, threads: Optional[int] = None, progress: bool = True,
           command: Optional[str] = None, max_minutes: Optional[float] = None,
-          stop_after: Optional[int] = None, min_snr: Optional[float] = None, p_partial: float = 0.15) -> dict:
+          stop_after: Optional[int] = None, min_snr: Optional[float] = None, p_partial: float = 0.15,
+          space: str = "taef2", dataset: int = 40000, latents_path: Optional[str] = None,
+          weights_dir: Optional[str] = None, default_guidance: float = 3.0) -> dict:
     """Train (or resume) the shapes diffusion model; returns a summary dict."""
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -116,6 +184,10 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
             raise ClipstudioError(f"--{name} must be positive, got {v}")
     if not lr > 0:
         raise ClipstudioError(f"--lr must be positive, got {lr}")
+    if space not in SPACES:
+        raise ClipstudioError(f"unknown --space '{space}'; choose one of: {', '.join(SPACES)}")
+    if space != "pixel" and dataset <= 0:
+        raise ClipstudioError(f"--dataset must be positive, got {dataset}")
     if threads:
         torch.set_num_threads(threads)
     state = state or f"{out}.state"
@@ -125,8 +197,9 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     if resume and os.path.isfile(state):
         st = torch.load(state, map_location="cpu", weights_only=False)
         cfg = st["config"]
-        if cfg["seed"] != seed or cfg["batch"] != batch:
-            raise ClipstudioError(f"--resume: {state} was trained with seed {cfg['seed']} batch {cfg['batch']}")
+        if cfg["seed"] != seed or cfg["batch"] != batch or cfg.get("space", "pixel") != space:
+            raise ClipstudioError(f"--resume: {state} was trained with seed {cfg['seed']} batch {cfg['batch']} "
+                                  f"space {cfg.get('space', 'pixel')}")
         snapshot = st["text_tower"]
         guide_desc = st["guide"]
         text_cfg = st.get("text_cfg", text_cfg)  # the guide config may have changed since
@@ -142,14 +215,22 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     tower = SM.load_text_tower(snapshot, text_cfg)
     text = TextCache(OpenClipTextEncoder(tower, tokenizer))
 
+    space_cfg, decoder_state, data = None, None, None
+    if space == "taef2":
+        space_cfg, decoder_state, data = prepare_latents(seed, dataset, latents_path or f"{state}.latents",
+                                                         weights_dir, progress)
+        mean = torch.tensor(space_cfg["latent_mean"])[:, None, None]
+        std = torch.tensor(space_cfg["latent_std"])[:, None, None]
+    sched_cfg = SM.scheduler_config(space)
+
     torch.manual_seed(seed)
-    ucfg = SM.unet_config(text_cfg["width"])
+    ucfg = SM.unet_config(text_cfg["width"]) if space == "pixel" else SM.latent_unet_config(text_cfg["width"])
     unet = SM.build_unet(ucfg)
     ema = copy.deepcopy(unet).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    noise_sched = DDPMScheduler(**{**SM.SCHEDULER_CONFIG, "clip_sample": False})
+    noise_sched = DDPMScheduler(**{**sched_cfg, "clip_sample": False})
     abar = noise_sched.alphas_cumprod.float()
     snr = abar / (1 - abar)
     if min_snr:                                       # min-SNR-gamma weighting for eps prediction
@@ -162,13 +243,15 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
         start, elapsed, losses = st["step"], st["elapsed"], st["losses"]
-    if cfg.get("prediction_type", "epsilon") != SM.SCHEDULER_CONFIG["prediction_type"]:
+    if cfg.get("prediction_type", "epsilon") != sched_cfg["prediction_type"]:
         cfg.setdefault("history", []).append(
             f"step {start}: prediction {cfg.get('prediction_type', 'epsilon')} -> "
-            f"{SM.SCHEDULER_CONFIG['prediction_type']} (warm start)")
-    cfg["prediction_type"] = SM.SCHEDULER_CONFIG["prediction_type"]
+            f"{sched_cfg['prediction_type']} (warm start)")
+    cfg["prediction_type"] = sched_cfg["prediction_type"]
     cfg.update({"steps": steps, "lr": lr, "p_uncond": p_uncond, "ema_decay": ema_decay, "unet_config": ucfg,
-                "scheduler_config": SM.SCHEDULER_CONFIG, "image_size": SM.IMAGE_SIZE, "patch": SM.PATCH,
+                "scheduler_config": sched_cfg, "space": space,
+                "image_size": SM.IMAGE_SIZE if space == "pixel" else SM.LATENT_IMAGE_SIZE,
+                "patch": SM.PATCH if space == "pixel" else None, "dataset": dataset if space != "pixel" else None,
                 "min_snr_gamma": min_snr, "form_weights": FORM_WEIGHTS, "guide": guide_desc,
                 "p_partial": p_partial})
 
@@ -176,9 +259,12 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
         atomic_save({"config": cfg, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                      "step": step, "elapsed": elapsed, "losses": losses, "text_tower": snapshot,
                      "text_cfg": text_cfg, "guide": guide_desc}, state)
-        atomic_save({"unet_config": ucfg, "unet": {k: v.half() for k, v in ema.state_dict().items()},
-                     "text_cfg": text_cfg, "text_tower": snapshot, "scheduler_config": SM.SCHEDULER_CONFIG,
-                     "default_guidance": 3.0, "default_steps": 50, "step": step}, out)
+        shipped = {"unet_config": ucfg, "unet": {k: v.half() for k, v in ema.state_dict().items()},
+                   "text_cfg": text_cfg, "text_tower": snapshot, "scheduler_config": sched_cfg,
+                   "default_guidance": default_guidance, "default_steps": 50, "step": step}
+        if space_cfg is not None:
+            shipped.update(space=space_cfg, decoder=decoder_state)
+        atomic_save(shipped, out)
         meta = {"command": command, "step": step, "steps": steps, "train_seconds": round(elapsed, 1),
                 "threads": torch.get_num_threads(), "last_loss": float(np.mean(losses[-100:])) if losses else None,
                 "config": cfg}
@@ -191,13 +277,17 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10 + 1))
-        images, caps = make_batch(seed, step, batch, p_uncond, p_partial)
-        x0 = SM.to_model_space(images)
+        if space == "pixel":
+            images, caps = make_batch(seed, step, batch, p_uncond, p_partial)
+            x0 = SM.to_model_space(images)
+        else:
+            z, caps = make_latent_batch(seed, step, batch, data[0], data[1], p_uncond, p_partial)
+            x0 = (z - mean) / std
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, len(abar), (batch,), generator=gen)
         xt = noise_sched.add_noise(x0, noise, t)
-        if SM.SCHEDULER_CONFIG["prediction_type"] == "v_prediction":
+        if sched_cfg["prediction_type"] == "v_prediction":
             target = noise_sched.get_velocity(x0, noise, t)   # v = sqrt(abar) eps - sqrt(1 - abar) x0
         else:
             target = noise
@@ -232,6 +322,29 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     return {"step": step + 1, "train_seconds": elapsed, "last_loss": float(np.mean(losses[-100:]))}
 
 
+def prepare_latents(seed: int, dataset: int, latents_path: str, weights_dir: Optional[str],
+                    progress: bool) -> tuple[dict, dict, tuple]:
+    """(space config with latent statistics, fp16 TAEF2 decoder state, (scenes, latents)) for latent training."""
+    from clipstudio import weights
+    from clipstudio.diffusion import shapes_model as SM
+    from clipstudio.generators.taef2 import load_taef2
+    files = weights.fetch_group("taef2", ("encoder", "decoder"), weights_dir)
+    encoder, decoder = load_taef2(files["encoder"], files["decoder"])
+    scenes = dataset_scenes(seed, dataset)
+    fingerprint = {"seed": seed, "n": dataset, "image_size": SM.LATENT_IMAGE_SIZE, "form_weights": FORM_WEIGHTS,
+                   "encoder_sha256": file_sha256(files["encoder"])}
+    latents = encode_dataset(scenes, encoder.eval(), latents_path, fingerprint, SM.LATENT_IMAGE_SIZE,
+                             progress=progress).float()
+    space_cfg = {"kind": "taef2", "image_size": SM.LATENT_IMAGE_SIZE, "factor": 8,
+                 # per-channel statistics of the encoded dataset: the UNet sees unit-variance latents
+                 "latent_mean": latents.mean(dim=(0, 2, 3)).tolist(),
+                 "latent_std": latents.std(dim=(0, 2, 3)).tolist(),
+                 "decoder_sha256": file_sha256(files["decoder"]),
+                 "decoder_source": "TAEF2, madebyollin/taesd (MIT license, Copyright (c) 2023 Ollin Boer Bohan)"}
+    decoder_state = {k: v.half() for k, v in decoder.state_dict().items()}
+    return space_cfg, decoder_state, (scenes, latents.half())
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="clipstudio train diffusion", description=__doc__.splitlines()[0])
     ap.add_argument("--world", default="shapes", choices=["shapes"], help="training world (only shapes)")
@@ -252,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-snr", type=float, default=None,
                     help="min-SNR-gamma loss weighting (Hang et al. 2023); default: the plain DDPM loss")
     ap.add_argument("--stop-after", type=int, default=None, help="stop (and save) at this step; --resume later")
+    ap.add_argument("--space", default="taef2", choices=SPACES,
+                    help="taef2: 64 px images as 8x8x32 TAEF2 latents (default); pixel: 32 px pixels")
+    ap.add_argument("--dataset", type=int, default=40000, help="scenes pre-encoded to TAEF2 latents")
+    ap.add_argument("--latents", default=None, help="cache of the encoded dataset (default STATE.latents)")
+    ap.add_argument("--weights-dir", default=None, help="folder holding taef2_encoder.pth / taef2_decoder.pth")
+    ap.add_argument("--default-guidance", type=float, default=3.0, help="guidance weight stored as the default")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -266,7 +385,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = train(args.steps, args.batch, args.lr, args.seed, args.out, state=args.state, resume=args.resume,
                     save_every=args.save_every, p_uncond=args.p_uncond, guide=args.guide, threads=args.threads,
                     progress=not args.no_progress, command=command, max_minutes=args.max_minutes,
-                    stop_after=args.stop_after, min_snr=args.min_snr, p_partial=args.p_partial)
+                    stop_after=args.stop_after, min_snr=args.min_snr, p_partial=args.p_partial,
+                    space=args.space, dataset=args.dataset, latents_path=args.latents, weights_dir=args.weights_dir,
+                    default_guidance=args.default_guidance)
     print(f"saved {args.out} at step {summary['step']} ({summary['train_seconds']:.0f} s, "
           f"loss {summary['last_loss']:.4f})")
     return 0
