@@ -130,11 +130,13 @@ def test_search_never_raises_the_loss_on_its_cutouts(tiny_options, monkeypatch):
     monkeypatch.setattr(studio.cutouts, "draw", lambda *size: params)
     with torch.no_grad():
         before = float(studio._objective(None, params)[0][0])
+    before += sum(c.cost(c.get()) for c in studio.generator.choices())
     choices_before = [c.get() for c in studio.generator.choices()]
     best = studio.search(sweeps=1)
     assert best <= before + 1e-6
+    costs = sum(c.cost(c.get()) for c in studio.generator.choices())   # search adds the choices' costs
     with torch.no_grad():
-        assert best == pytest.approx(float(studio._objective(None, params)[0][0]), abs=1e-5)
+        assert best == pytest.approx(float(studio._objective(None, params)[0][0]) + costs, abs=1e-5)
     assert [c.get() for c in studio.generator.choices()] != choices_before
 
 
