@@ -266,7 +266,8 @@ def to_uint8(images: torch.Tensor) -> list:
 
 
 def check_pass_rate(backend, prompts: Sequence[str], guidance: Optional[float] = None, steps: int = 50,
-                    seed: int = 0, batch: int = 25, sampler: str = "ddim") -> dict:
+                    seed: int = 0, batch: int = 25, sampler: str = "ddim",
+                    guidance_rescale: Optional[float] = None) -> dict:
     """Share of prompts whose image passes clipstudio.world.check.check_image, overall and per form."""
     from clipstudio.world.captions import parse_caption
     from clipstudio.world.check import check_image
@@ -274,7 +275,8 @@ def check_pass_rate(backend, prompts: Sequence[str], guidance: Optional[float] =
     passed = 0
     for i in range(0, len(prompts), batch):
         chunk = list(prompts[i:i + batch])
-        imgs = to_uint8(backend.generate(chunk, guidance=guidance, steps=steps, seed=seed + i, sampler=sampler))
+        imgs = to_uint8(backend.generate(chunk, guidance=guidance, steps=steps, seed=seed + i, sampler=sampler,
+                                         guidance_rescale=guidance_rescale))
         for p, img in zip(chunk, imgs):
             ok = check_image(img, p).passed
             passed += ok
@@ -316,6 +318,8 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--negative-seeds", type=int, default=64)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
+    ap.add_argument("--guidance-rescale", type=float, default=None,
+                    help="phi of Lin et al.'s guidance rescale for the pass rate and the sweep (default: the model's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args(argv)
@@ -324,14 +328,15 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     out: dict = {"checkpoint": args.checkpoint, "steps": args.steps, "guidance": args.guidance or be.default_guidance}
     t0 = time.perf_counter()
     if args.prompts:
-        r = check_pass_rate(be, canonical_prompts(args.prompts), args.guidance, args.steps)
+        r = check_pass_rate(be, canonical_prompts(args.prompts), args.guidance, args.steps,
+                            guidance_rescale=args.guidance_rescale)
         out["pass_rate"] = r
         print(f"check pass rate at w={out['guidance']}: {r['rate']:.3f} over {r['n']} prompts; per form {r['per_form']}")
     if args.sweep:
         out["sweep"] = {}
         prompts = canonical_prompts(args.sweep_prompts, seed=99)
         for w in [float(v) for v in args.sweep.split(",")]:
-            r = check_pass_rate(be, prompts, w, args.steps, seed=1)
+            r = check_pass_rate(be, prompts, w, args.steps, seed=1, guidance_rescale=args.guidance_rescale)
             out["sweep"][w] = r["rate"]
             print(f"guidance {w:g}: pass rate {r['rate']:.3f} over {r['n']} prompts")
     if args.negative_seeds:
