@@ -223,3 +223,15 @@ def test_text_cache_survives_being_cleared():
     assert [float(r[0, 0]) for r in out] == [3.0, 4.0, 0.0]
     assert calls[-1] == ["abc", "abcd", ""]
     assert float(cache(["abc"])[0, 0, 0]) == 3.0 and len(calls) == 2
+
+
+def test_unreadable_latent_cache_is_encoded_again(tmp_path):
+    from clipstudio.generators.taef2 import taef2_encoder
+    torch.manual_seed(0)
+    encoder = taef2_encoder(SM.LATENT_CHANNELS, 8).eval()
+    scenes = DT.dataset_scenes(0, 3)
+    cache = tmp_path / "cache.latents"
+    cache.write_bytes(b"torn")
+    z = DT.encode_dataset(scenes, encoder, cache, {"n": 3}, 64, progress=False)
+    assert z.shape == (3, SM.LATENT_CHANNELS, 8, 8)
+    assert torch.equal(torch.load(cache, weights_only=True)["latents"], z)

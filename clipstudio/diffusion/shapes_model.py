@@ -189,6 +189,12 @@ def make_tokenizer(text_cfg: dict):
     return SimpleTokenizer(context_length=text_cfg["context_length"])
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def load_guide_clip_state(path: Optional[str], seed: int = 0) -> tuple[dict, str]:
     """(state dict, description) of the guide CLIP at `path`, or of a seeded random one if path is None/missing."""
     text_cfg = guide_text_cfg()
@@ -197,9 +203,7 @@ def load_guide_clip_state(path: Optional[str], seed: int = 0) -> tuple[dict, str
         if "state_dict" in sd:
             sd = sd["state_dict"]
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        return sd, f"{path} (sha256 {digest})"
+        return sd, f"{path} (sha256 {file_sha256(path)[:16]})"
     torch.manual_seed(seed)
     tower = build_text_tower(text_cfg, embed_dim=text_cfg["width"])
     return tower.state_dict(), f"random shapes-guide text tower (seed {seed}); guide checkpoint not found"
