@@ -3,17 +3,20 @@
 Notebook use::
 
     import clipstudio
-    result = clipstudio.generate("a red circle on a blue background", steps=100, seed=0)
+    from clipstudio.recipes import recipe_config
+
+    config = recipe_config("shapes", "a red circle on a blue background", seed=0)  # offline shapes world
+    result = clipstudio.generate(**config.to_dict())
     result.image  # PIL image; result.losses, result.settings
 
-    studio = clipstudio.Studio(clipstudio.make_config("a red circle on a blue background"))
+    studio = clipstudio.Studio(config)
     for _ in range(10):
         info = studio.step()
 """
-__version__ = "0.1.0"
+from ._version import __version__
+from .api import generate, make_config
+from .config import GenerateConfig
+from .errors import ClipstudioError
+from .studio import GenerateResult, StepInfo, Studio
 
-from .config import GenerateConfig  # noqa: E402
-from .errors import ClipstudioError  # noqa: E402
-from .studio import GenerateResult, StepInfo, Studio, generate, make_config  # noqa: E402
-
-__all__ = ["ClipstudioError", "GenerateConfig", "GenerateResult", "StepInfo", "Studio", "generate", "make_config"]
+__all__ = ["__version__", "ClipstudioError", "GenerateConfig", "GenerateResult", "StepInfo", "Studio", "generate", "make_config"]

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ClipstudioError
-from .guide.clip import DEFAULT_CLIP
+
+DEFAULT_CLIP = "ViT-B-32:openai"  # the lineage's guide; worlds' recipes name their own
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -18,44 +19,41 @@ SCHEDULES = ("constant", "cosine", "linear")
 class GenerateConfig:
     """Everything that determines a CLIP-guided image.
 
-    The defaults are the embedded shapes-world setup, measured with ``clipstudio eval generate``:
-    ``primitives`` (flat shapes in the world's palette, CLIPDraw-style) guided by ``shapes-guide``, whose
-    discrete choices (colours, shape types, coarse places and sizes) are first searched by CLIP score from
-    four random starts, then 20 Adam steps refine the continuous ones; full-image cutouts (crops would move
-    "left" and "top"). Recipes hold differences from these.
+    The defaults are neutral, the lineage's classic setup (ViT-B/32 guiding Fourier pixels at 256 px); a
+    world's recipes hold the differences that suit it (the shapes world's default recipe is what
+    ``clipstudio generate PROMPT`` runs when no recipe, image or CLIP model is named).
     """
 
     prompt: str = ""
     negative: list[str] = field(default_factory=list)
     image_prompts: list[str] = field(default_factory=list)
     clip: list[str] = field(default_factory=lambda: [DEFAULT_CLIP])
-    generator: str = "primitives"
+    generator: str = "pixels"
     generator_options: dict[str, Any] = field(default_factory=dict)
-    width: int = 64
-    height: int = 64
-    steps: int = 20
+    width: int = 256
+    height: int = 256
+    steps: int = 300
     seed: int = 0
     lr: float = 0.05
     optimizer: str = "adam"
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup: int = 0
-    cutn: int = 16
+    cutn: int = 32
     cut_pow: float = 1.0
-    cut_min: float = 1.0
+    cut_min: float = 0.25
     cut_noise: float = 0.05
     augments: list[str] = field(default_factory=lambda: ["affine", "jitter"])
-    tv: float = 0.0
-    anchor: float = 0.0
-    perceptual: float = 0.0
-    perceptual_net: str = "alex"
+    # Regularizers by name (see ``clipstudio.losses.LOSSES``) -> weight, and their options by name.
+    losses: dict[str, float] = field(default_factory=dict)
+    loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     init_image: str | None = None
-    layout: str = "auto"  # a generator whose result is the init image ("auto": primitives in the shapes world)
-    # Sweeps of coordinate search over the generator's discrete choices before step 0. None: 3 when every
-    # guide is an embedded shapes-world model, else 0; a search judges each option on all the cutouts, which
-    # takes seconds with the 32-px guide but many minutes with ViT-B-32, so there it is asked for by hand.
-    search: int | None = None
-    search_restarts: int = 4  # searches from random starting choices; the best end state is kept
+    layout: str = "none"  # a generator whose searched result is the init image of this one (coarse to fine)
+    layout_options: dict[str, Any] = field(default_factory=dict)  # that generator's options
+    # Sweeps of coordinate search over the generator's discrete choices before step 0 (0: none). A search
+    # judges each option on all the cutouts: seconds with a 32-px guide, many minutes with ViT-B-32.
+    search: int = 0
+    search_restarts: int = 1  # searches from random starting choices; the best end state is kept
     candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
     device: str = "cpu"
@@ -72,11 +70,11 @@ class GenerateConfig:
             raise ClipstudioError(f"unknown optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ClipstudioError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
-        for name in ("lr", "tv", "anchor", "perceptual", "cut_pow", "cut_noise", "weight_decay"):
+        for name in ("lr", "cut_pow", "cut_noise", "weight_decay"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ClipstudioError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-        if self.search is not None and self.search < 0:
+        if self.search < 0:
             raise ClipstudioError(f"search needs 0 or more sweeps, got {self.search}")
         if self.search_restarts < 1:
             raise ClipstudioError(f"search-restarts must be at least 1, got {self.search_restarts}")
@@ -84,35 +82,14 @@ class GenerateConfig:
             raise ClipstudioError(f"candidates must be at least 1, got {self.candidates}")
         if self.cutn < 1:
             raise ClipstudioError(f"cutn must be at least 1, got {self.cutn}")
-        from .generators import GENERATORS, list_generators
-        from .guide.cutouts import AUGMENTS, list_augments
-
-        if self.generator not in GENERATORS:
-            raise ClipstudioError(
-                f"unknown generator '{self.generator}'; choose one of: {', '.join(list_generators())}")
-        if self.layout not in ("auto", "none") and self.layout not in GENERATORS:
-            raise ClipstudioError(f"unknown layout '{self.layout}'; choose auto, none or one of: "
-                                  f"{', '.join(list_generators())}")
-        unknown = [name for name in self.augments if name not in AUGMENTS]
-        if unknown:
-            raise ClipstudioError(f"unknown augment '{unknown[0]}'; choose from: {', '.join(list_augments())}")
         if not self.clip:
             raise ClipstudioError("give at least one CLIP model")
-        if (self.perceptual or self.anchor) and not self.init_image:
+        for name, weight in self.losses.items():
+            if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+                raise ClipstudioError(f"the weight of loss '{name}' must be a finite number >= 0, got {weight}")
+        if any(self.losses.get(name) for name in ("perceptual", "anchor")) and not self.init_image:
             raise ClipstudioError("--perceptual and --anchor compare against an init image: give --init-image")
         return self
-
-    def shapes_world(self) -> bool:
-        """True when every guide is one of the embedded shapes-world models."""
-        from .guide.clip import EMBEDDED_MODELS
-
-        return all(spec.split(":")[0] in EMBEDDED_MODELS for spec in self.clip)
-
-    def search_sweeps(self) -> int:
-        """The search sweeps this run makes (``search``, with None resolved)."""
-        if self.search is not None:
-            return self.search
-        return 3 if self.shapes_world() else 0
 
     def to_dict(self) -> dict[str, Any]:
         """Only the settings that differ from the defaults (what a recipe file holds)."""
@@ -127,6 +104,7 @@ class GenerateConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerateConfig:
         """Build a config from a recipe or a PNG's settings; unknown keys are an error, not silently dropped."""
+        data = _migrate(data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -139,6 +117,33 @@ class GenerateConfig:
     def replace(self, **changes: Any) -> GenerateConfig:
         """A copy with some settings changed (unknown names are an error)."""
         return GenerateConfig.from_dict({**self.to_full_dict(), **changes})
+
+
+# Settings of older versions, as recorded in their PNGs: regularizer weights were fields of their own.
+_OLD_LOSS_FIELDS = ("tv", "anchor", "perceptual")
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring settings written by older versions to today's names (so ``--from`` keeps working)."""
+    if not isinstance(data, dict):
+        raise ClipstudioError(f"settings must be a mapping of setting: value, got {type(data).__name__}")
+    data = dict(data)
+    losses = dict(data.get("losses") or {})
+    for name in _OLD_LOSS_FIELDS:
+        if name in data:
+            weight = data.pop(name)
+            if weight:
+                losses[name] = weight
+    if "perceptual_net" in data:
+        net = data.pop("perceptual_net")
+        data.setdefault("loss_options", {}).setdefault("perceptual", {})["net"] = net
+    if losses or "losses" in data:
+        data["losses"] = losses
+    if data.get("layout") == "auto":
+        data["layout"] = "none"
+    if data.get("search", 0) is None:
+        data["search"] = 0
+    return data
 
 
 def _coerce(cls, name: str, value: Any) -> Any:

@@ -8,9 +8,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import GenerateConfig
 from .errors import ClipstudioError
 from .guide.clip import load_clip
 from .guide.prompts import Prompt, negative_prompt, parse_prompts
+from .studio import GenerateResult, Studio
 
 
 def _to_batch(images: Sequence[Image.Image], size: int) -> torch.Tensor:
@@ -40,24 +42,21 @@ def rank_images(images: Sequence[Image.Image], prompt: str, clip: str, negative:
     return sorted(range(len(images)), key=lambda i: -scores[i])
 
 
-def generate_ranked(prompt: str, keep: int = 1, rank_clip: str | None = None,
-                    **options: Any) -> list[tuple[float, Any]]:
-    """Run one guided generation per seed ``seed .. seed+candidates-1`` (``candidates`` is a setting) and return the ``keep`` best
+def generate_ranked(config: GenerateConfig, keep: int = 1, rank_clip: str | None = None
+                    ) -> list[tuple[float, GenerateResult]]:
+    """Run one guided generation per seed ``seed .. seed+candidates-1`` and return the ``keep`` best
     ``(score, result)`` pairs, best first. ``rank_clip`` defaults to the first guiding model.
 
     Each result records the settings of its own run (its seed, one candidate), so ``--from`` on a kept
     image reproduces exactly that image.
     """
-    from .studio import Studio, make_config
-
-    base = make_config(prompt, **options)
-    candidates = base.candidates
+    candidates = config.candidates
     if candidates < 1 or not 1 <= keep <= candidates:
         raise ClipstudioError(f"need candidates >= 1 and 1 <= keep <= candidates, got {candidates} and {keep}")
-    runs = [base.replace(seed=base.seed + i, candidates=1) for i in range(candidates)]
-    results = [Studio(config).run() for config in runs]
-    clip = rank_clip or base.clip[0]
-    prompts = parse_prompts(prompt) + [negative_prompt(n) for n in base.negative] if prompt.strip() else []
-    scores = clip_scores([r.image for r in results], prompts, clip, base.device)
+    runs = [config.replace(seed=config.seed + i, candidates=1) for i in range(candidates)]
+    results = [Studio(run).run() for run in runs]
+    clip = rank_clip or config.clip[0]
+    prompts = parse_prompts(config.prompt) + [negative_prompt(n) for n in config.negative] if config.prompt.strip() else []
+    scores = clip_scores([r.image for r in results], prompts, clip, config.device)
     order = sorted(range(candidates), key=lambda i: -scores[i])
     return [(scores[i], results[i]) for i in order[:keep]]

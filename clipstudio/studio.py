@@ -1,4 +1,4 @@
-"""The CLIP-guidance loop: a :class:`Studio` a notebook can step, and :func:`generate` that runs it."""
+"""The CLIP-guidance loop: a :class:`Studio` that a notebook can step, or run to the end."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import __version__
+from ._version import __version__
 from .config import GenerateConfig
 from .errors import ClipstudioError
 from .generators import build_generator, generator_class
@@ -24,7 +24,7 @@ from .guide.clip import load_clip
 from .guide.cutouts import CutoutParams, Cutouts
 from .guide.prompts import Prompt, image_prompt, negative_prompt, parse_prompts
 from .images import atomic_write, load_image, save_png, tensor_to_pil
-from .losses import AnchorLoss, ClipLoss, LossContext, PerceptualLoss, TVLoss
+from .losses import ClipLoss, LossContext, build_loss
 
 
 @dataclass
@@ -77,6 +77,26 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
     return 1.0
 
 
+def validate_config(config: GenerateConfig) -> GenerateConfig:
+    """:meth:`GenerateConfig.validate`, and the names it holds checked against the registries."""
+    from .generators import GENERATORS, list_generators
+    from .guide.cutouts import AUGMENTS, list_augments
+    from .losses import LOSSES, list_losses
+
+    config.validate()
+    if config.generator not in GENERATORS:
+        raise ClipstudioError(f"unknown generator '{config.generator}'; choose one of: {', '.join(list_generators())}")
+    if config.layout != "none" and config.layout not in GENERATORS:
+        raise ClipstudioError(f"unknown layout '{config.layout}'; choose none or one of: {', '.join(list_generators())}")
+    unknown = [name for name in config.augments if name not in AUGMENTS]
+    if unknown:
+        raise ClipstudioError(f"unknown augment '{unknown[0]}'; choose from: {', '.join(list_augments())}")
+    unknown = [name for name in config.losses if name not in LOSSES]
+    if unknown:
+        raise ClipstudioError(f"unknown loss '{unknown[0]}'; choose from: {', '.join(list_losses())}")
+    return config
+
+
 class Studio:
     """One guided-generation run that can be stepped: ``studio.step()``, ``studio.image()``, ``studio.run()``.
 
@@ -84,7 +104,7 @@ class Studio:
     """
 
     def __init__(self, config: GenerateConfig):
-        self.config = config.validate()
+        self.config = validate_config(config)
         self.device = torch.device(config.device)
         self.guides = [load_clip(spec, config.device, config.weights_dir) for spec in config.clip]
         torch.manual_seed(config.seed)  # after model loading, which may or may not draw random numbers
@@ -127,6 +147,18 @@ class Studio:
         prompts += [image_prompt(spec) for spec in self.config.image_prompts]
         return prompts
 
+    def set_prompts(self, prompts: list[Prompt]) -> None:
+        """Guide the following steps toward other prompts (a schedule, a live playlist), keeping the
+        generator and optimizer state: each CLIP loss gets the new targets and weights.
+
+        The run's settings keep the prompts it started with; whoever changes them records the change.
+        """
+        if not prompts:
+            raise ClipstudioError("give at least one prompt")
+        for index, guide in enumerate(self.guides):
+            key = f"clip{index}" if len(self.guides) > 1 else "clip"
+            self.losses[key] = ClipLoss(guide, prompts, self._image_prompt_embeds(prompts, guide)).to(self.device)
+
     def _image_prompt_embeds(self, prompts: list[Prompt], guide) -> dict[str, torch.Tensor]:
         embeds = {}
         for prompt in prompts:
@@ -145,12 +177,10 @@ class Studio:
             key = f"clip{index}" if len(self.guides) > 1 else "clip"
             losses[key] = ClipLoss(guide, prompts, self._image_prompt_embeds(prompts, guide))
             weights[key] = 1.0 / len(self.guides)  # an ensemble averages its models' losses
-        extra = {"tv": (self.config.tv, TVLoss), "anchor": (self.config.anchor, AnchorLoss),
-                 "perceptual": (self.config.perceptual, lambda: PerceptualLoss(self.config.perceptual_net))}
-        for name, (weight, factory) in extra.items():
+        for name, weight in self.config.losses.items():
             if weight > 0:
-                losses[name] = factory()
-                weights[name] = weight
+                losses[name] = build_loss(name, **self.config.loss_options.get(name, {}))
+                weights[name] = float(weight)
         return losses.to(self.device), weights
 
     def _objective(self, images: torch.Tensor | None = None, cutout_params: CutoutParams | None = None
@@ -216,14 +246,14 @@ class Studio:
 
     def _search_once(self) -> None:
         """The configured search, once, before the first step (a resumed run has done it already)."""
-        if not self.searched and self.step_index == 0 and self.config.search_sweeps():
-            self.search(self.config.search_sweeps(), self.config.search_restarts)
+        if not self.searched and self.step_index == 0 and self.config.search:
+            self.search(self.config.search, self.config.search_restarts)
         self.searched = True
 
     def step(self) -> StepInfo:
         """One optimizer step. A NaN or inf in the loss or a gradient skips the step (and says so).
 
-        Before the first step, the generator's discrete choices are searched (``config.search_sweeps()``).
+        Before the first step, the generator's discrete choices are searched (``config.search`` sweeps).
         """
         self._search_once()
         self.optimizer.zero_grad(set_to_none=True)
@@ -343,26 +373,23 @@ class Studio:
 
 
 def resolve_layout(config: GenerateConfig) -> str | None:
-    """The generator whose result starts this run (``config.layout``), or None.
-
-    ``auto`` means: ``primitives`` when the run is guided only by embedded shapes-world models, has no
-    init image and is not itself drawn with primitives. In that world, flat shapes are the content, and a
-    latent or pixel generator left to gradients alone drifts into textures its guide likes; starting it
-    from a searched layout keeps the composition right while it refines the look.
-    """
-    if config.layout in ("none", "") or config.init_image:
+    """The generator whose result starts this run (``config.layout``), or None: none is asked for, an init
+    image is given, or the layout generator is this run's own."""
+    if config.layout in ("none", "") or config.init_image or config.layout == config.generator:
         return None
-    if config.layout == "auto":
-        return "primitives" if config.shapes_world() and config.generator != "primitives" else None
-    return None if config.layout == config.generator else config.layout
+    return config.layout
 
 
 def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
-    """The settings of the layout stage: this run's prompts, guides, size, seed and cutouts; the layout
-    generator's default options and the default schedule."""
+    """The settings of the layout stage: this run's prompts, guides, size, seed, cutouts and search; the
+    layout generator with ``layout_options`` and the default schedule."""
     keep = ("prompt", "negative", "image_prompts", "clip", "width", "height", "seed", "cutn", "cut_pow",
-            "cut_min", "cut_noise", "augments", "weights_dir", "device")
-    return GenerateConfig(**{name: getattr(config, name) for name in keep}, generator=layout, layout="none")
+            "cut_min", "cut_noise", "augments", "weights_dir", "device", "search", "search_restarts")
+    return GenerateConfig(**{name: getattr(config, name) for name in keep}, generator=layout,
+                          generator_options=dict(config.layout_options), steps=_LAYOUT_STEPS)
+
+
+_LAYOUT_STEPS = 20  # gradient steps after the layout's search: it only has to place things
 
 
 def _randomize(choices: list[Choice]) -> None:
@@ -376,28 +403,3 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc="generate", unit="step", leave=False)
-
-
-def make_config(prompt: str = "", **options: Any) -> GenerateConfig:
-    """A :class:`GenerateConfig` from keyword options; ``size=(W, H)`` is accepted for width and height."""
-    if "size" in options:
-        size = options.pop("size")
-        try:
-            options["width"], options["height"] = (int(v) for v in size)
-        except (TypeError, ValueError):
-            raise ClipstudioError(f"size must be (width, height), got {size!r}") from None
-    return GenerateConfig.from_dict({"prompt": prompt, **options})
-
-
-def generate(prompt: str, *, callback: Callable[[Studio, StepInfo], Any] | None = None, progress: bool = False,
-             **options: Any) -> GenerateResult:
-    """Generate an image for ``prompt``; options are :class:`GenerateConfig` fields (``size=(W, H)`` too).
-
-    With ``candidates=N`` > 1, N seeds run and the image the first CLIP model scores best is returned.
-    """
-    config = make_config(prompt, **options)
-    if config.candidates > 1:
-        from .ranking import generate_ranked
-
-        return generate_ranked(prompt, **options)[0][1]
-    return Studio(config).run(callback=callback, progress=progress)

@@ -45,8 +45,8 @@ def test_make_batch_is_seeded_and_has_hard_negative_twins():
     assert not torch.equal(a_img, c_img)
     assert tuple(a_img.shape) == (16, 3, 32, 32) and 0 <= float(a_img.min()) and float(a_img.max()) <= 1
     rng = np.random.default_rng(0)
-    from clipstudio.world.captions import spec_from_scene
-    from clipstudio.world.render import sample_scene
+    from clipstudio.worlds.shapes.captions import spec_from_scene
+    from clipstudio.worlds.shapes.render import sample_scene
     for _ in range(100):
         s = sample_scene(rng)
         t = ct.twin_scene(rng, s)
@@ -115,7 +115,7 @@ def test_lr_schedule_warms_up_then_decays():
 @pytest.mark.slow
 def test_retraining_the_guide_briefly_learns_colours(tmp_path):
     """A short from-scratch run of the shipped guide recipe already reads colours (minutes on CPU)."""
-    from clipstudio.world.zeroshot import evaluate_clip
+    from clipstudio.worlds.shapes.zeroshot import evaluate_clip
 
     out = tmp_path / "shapes-guide.pt"
     ct.train("shapes-guide", steps=300, batch=128, lr=1e-3, seed=5, out=str(out), save_every=100,

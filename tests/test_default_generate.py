@@ -7,7 +7,8 @@ so a change that breaks the default shows up here. The checker is also shown to 
 import pytest
 
 import clipstudio
-from clipstudio.world.check import check_image
+from clipstudio.recipes import recipe_config
+from clipstudio.worlds.shapes.check import check_image
 
 PROMPTS = [
     "a red circle on a blue background",
@@ -19,7 +20,7 @@ PROMPTS = [
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_default_generate_draws_the_prompt(prompt):
-    result = clipstudio.generate(prompt)
+    result = clipstudio.Studio(recipe_config("shapes", prompt)).run()
     assert result.image.size == (64, 64)
     verdict = check_image(result.image, prompt)
     assert verdict.passed, verdict.failures
@@ -36,7 +37,7 @@ def test_latent_generator_starts_from_a_searched_layout(shared_dir, monkeypatch,
         pytest.skip("TAEF2 weights are not in the shared folder")
     monkeypatch.setenv("CLIPSTUDIO_WEIGHTS", str(weights))
     prompt = "a red circle on a blue background"
-    studio = clipstudio.Studio(clipstudio.make_config(prompt, generator="latent"))
+    studio = clipstudio.Studio(recipe_config("shapes", prompt, generator="latent"))
     assert studio.init_image is not None  # the layout stage ran
     before = studio.evaluate()["clip"]
     result = studio.run()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from clipstudio.diffusion import compare as C
+from clipstudio.worlds.shapes import compare as C
 from clipstudio.errors import ClipstudioError
 
 
@@ -40,7 +40,7 @@ def test_compare_end_to_end_writes_report_and_sheet(tmp_path):
     method, as the CLI does to measure each one's peak memory, costs seconds of imports each)."""
     pytest.importorskip("diffusers")
     from PIL import Image
-    from clipstudio.diffusion.shapes_model import DEFAULT_CHECKPOINT
+    from clipstudio.worlds.shapes.diffusion_model import DEFAULT_CHECKPOINT
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip("no shipped shapes-diffusion checkpoint")
     methods = ["clip-guided:pixels", "clip-guided:primitives", "cfg-diffusion"]

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("open_clip")
 
-from clipstudio.diffusion import shapes_model as SM  # noqa: E402
+from clipstudio.worlds.shapes import diffusion_model as SM  # noqa: E402
 from clipstudio.errors import ClipstudioError  # noqa: E402
 from clipstudio.train import diffusion_train as DT  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_bad_checkpoints_and_arguments(tmp_path, monkeypatch):
 
 
 def test_object_colour_and_prompts():
-    from clipstudio.world.render import render, sample_scene
+    from clipstudio.worlds.shapes.render import render, sample_scene
     rng = np.random.default_rng(0)
     scene = sample_scene(rng, "plain", background="white", colours=["red"])
     assert SM.object_colour(render(scene, 32), "white") == "red"

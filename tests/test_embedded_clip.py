@@ -11,9 +11,9 @@ import torch
 
 import clipstudio
 from clipstudio.train.clip_train import MODEL_CONFIG_DIR, TARGETS
-from clipstudio.world.zeroshot import evaluate_model
+from clipstudio.worlds.shapes.zeroshot import evaluate_model
 
-ASSETS = Path(clipstudio.__file__).parent / "assets"
+ASSETS = Path(clipstudio.__file__).parent / "worlds" / "shapes" / "assets"
 NAMES = ("shapes-guide", "shapes-eval")
 FRESH_SEED = 2024  # not the seed of the recorded figures, not a training seed
 N_PER_FORM = 60
@@ -71,7 +71,7 @@ def test_open_clip_preprocess_path_reads_colours(loaded):
     """The lead's path: PIL image -> open_clip preprocess -> encode, vs. candidate captions."""
     from PIL import Image
 
-    from clipstudio.world.render import Scene, ShapeObject, render
+    from clipstudio.worlds.shapes.render import Scene, ShapeObject, render
 
     name, model, tokenizer, preprocess = loaded
     scene = Scene("blue", (ShapeObject("circle", "red", 0.5, 0.5, 0.5),))

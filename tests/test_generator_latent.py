@@ -164,7 +164,8 @@ def test_guiding_taef2_latents_with_the_embedded_clip_lowers_the_loss(taef2_dir)
     import clipstudio
 
     config = clipstudio.make_config("a red circle on a blue background", generator="latent", candidates=1,
-                                    steps=12, lr=0.1, cutn=4, generator_options={"vae": "taef2"})
+                                    steps=12, lr=0.1, cutn=4, generator_options={"vae": "taef2"},
+                                    clip=["shapes-guide"], width=64, height=64)
     studio = clipstudio.Studio(config)
     torch.manual_seed(0)
     before = studio.evaluate()["clip"]

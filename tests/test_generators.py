@@ -17,6 +17,8 @@ VARIANTS = {
     "primitives": [{"count": 2}, {"count": 1, "edge": 2.0, "palette": "none"}, {"palette": "#ff0000,#00ff00,#0000ff", "edge": 2.0}],
 }
 
+PALETTE = "#dc2828,#f58c1e,#f0dc28,#28aa46,#285adc,#8c3cbe,#f5f5f5,#191919"  # eight colours, as a world's recipe gives them
+
 
 # Quantized latents only change the image once a step crosses to another code, so they take bigger steps.
 STEP_LR = {"vqgan": 1.0}
@@ -111,7 +113,7 @@ def test_clamp_with_grad_passes_only_inward_gradients():
 @pytest.mark.parametrize("shape", ["circle", "square", "triangle"])
 def test_primitives_draw_shapes_the_world_checker_recognises(shape):
     from clipstudio.images import tensor_to_pil
-    from clipstudio.world.check import check_image
+    from clipstudio.worlds.shapes.check import check_image
 
     gen = build_generator("primitives", (64, 64), count=1, palette="none")
     with torch.no_grad():
@@ -151,7 +153,7 @@ def test_choices_round_trip_and_change_the_image(name, extra, tmp_path):
 
 def test_primitives_with_a_palette_search_colours_kept_apart():
     torch.manual_seed(0)
-    gen = build_generator("primitives", (32, 32), palette="shapes", count=2)
+    gen = build_generator("primitives", (32, 32), palette=PALETTE, count=2)
     by_name = {c.name: c for c in gen.choices()}
     assert set(by_name) >= {"background", "shape0.colour", "shape0.type", "shape0.position", "shape0.size", "swap"}
     by_name["background"].set(3)

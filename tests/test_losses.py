@@ -7,7 +7,7 @@ import torch
 from clipstudio.errors import ClipstudioError
 from clipstudio.guide.clip import load_clip
 from clipstudio.guide.prompts import parse_prompts
-from clipstudio.losses import LOSSES, LossContext, spherical_distance, stop_gradient_below
+from clipstudio.losses import LOSSES, ClipLoss, LossContext, spherical_distance, stop_gradient_below
 
 
 def make_loss(name: str, tiny_clip: str):
@@ -70,8 +70,8 @@ def test_stop_turns_the_gradient_off_below_the_threshold():
 
 def test_negative_prompt_pushes_away(tiny_clip):
     guide = load_clip(tiny_clip)
-    pos = LOSSES["clip"](guide, parse_prompts("a red circle"))
-    neg = LOSSES["clip"](guide, parse_prompts("a red circle:-1"))
+    pos = ClipLoss(guide, parse_prompts("a red circle"))
+    neg = ClipLoss(guide, parse_prompts("a red circle:-1"))
     ctx = context(torch.rand(1, 3, 32, 32), None)
     assert neg(ctx).item() == pytest.approx(-pos(ctx).item(), rel=1e-5)
 

@@ -3,6 +3,7 @@ from PIL import Image
 
 from clipstudio.errors import ClipstudioError
 from clipstudio.guide.prompts import parse_prompts
+from clipstudio import make_config
 from clipstudio.ranking import clip_scores, generate_ranked, rank_images
 
 
@@ -19,13 +20,13 @@ def test_negative_prompt_flips_the_ranking(tiny_clip):
 
 
 def test_generate_ranked_returns_best_first(tiny_options):
-    ranked = generate_ranked("a red circle", keep=2, **{**tiny_options, "candidates": 3})
+    ranked = generate_ranked(make_config("a red circle", **{**tiny_options, "candidates": 3}), keep=2)
     assert len(ranked) == 2 and ranked[0][0] >= ranked[1][0]
 
 
 def test_bad_counts(tiny_options):
     with pytest.raises(ClipstudioError):
-        generate_ranked("a red circle", keep=3, **{**tiny_options, "candidates": 2})
+        generate_ranked(make_config("a red circle", **{**tiny_options, "candidates": 2}), keep=3)
 
 
 def test_generate_with_candidates_returns_the_best_run_with_its_own_settings(tiny_options):

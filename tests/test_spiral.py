@@ -6,7 +6,7 @@ busy CPU core); the thresholds were set from measured values (see the final repo
 import pytest
 import torch
 
-from clipstudio.diffusion import spiral as sp
+from clipstudio.demos import spiral as sp
 from clipstudio.errors import ClipstudioError
 
 torch.set_num_threads(1)

@@ -8,6 +8,8 @@ from clipstudio.errors import ClipstudioError
 from clipstudio.images import save_png
 from clipstudio.losses import TVLoss
 
+PALETTE = "#dc2828,#f58c1e,#f0dc28,#28aa46,#285adc,#8c3cbe,#f5f5f5,#191919"
+
 
 def pixels(result) -> np.ndarray:
     return np.asarray(result.image)
@@ -22,11 +24,11 @@ def test_same_seed_same_image(tiny_options):
 
 
 def test_result_holds_image_losses_and_settings(tiny_options):
-    result = clipstudio.generate("a red circle", tv=0.5, **tiny_options)
+    result = clipstudio.generate("a red circle", losses={"tv": 0.5}, **tiny_options)
     assert result.image.size == (32, 32)
     assert set(result.losses) == {"clip", "tv", "total"}
     assert result.weights == {"clip": 1.0, "tv": 0.5}
-    assert result.settings.prompt == "a red circle" and result.settings.tv == 0.5
+    assert result.settings.prompt == "a red circle" and result.settings.losses == {"tv": 0.5}
     assert result.steps_run == 3 and len(result.history) == 3
 
 
@@ -119,7 +121,7 @@ def test_resume_refuses_other_settings_and_torn_files(tiny_options, tmp_path):
 
 
 def _search_studio(tiny_options, **changes):
-    options = {**tiny_options, "generator": "primitives", "generator_options": {"palette": "shapes", "count": 1},
+    options = {**tiny_options, "generator": "primitives", "generator_options": {"palette": PALETTE, "count": 1},
                **changes}
     return clipstudio.Studio(clipstudio.make_config("a red circle on a blue background", **options))
 
@@ -142,7 +144,7 @@ def test_search_never_raises_the_loss_on_its_cutouts(tiny_options, monkeypatch):
 
 def test_search_with_restarts_is_seeded_and_runs_once(tiny_options):
     options = {**tiny_options, "generator": "primitives", "search": 1, "search_restarts": 2, "steps": 1,
-               "generator_options": {"palette": "shapes", "count": 1}}
+               "generator_options": {"palette": PALETTE, "count": 1}}
     a, b = clipstudio.generate("a red circle", **options), clipstudio.generate("a red circle", **options)
     assert np.array_equal(pixels(a), pixels(b))
     studio = _search_studio(tiny_options, search=1, search_restarts=2)
@@ -152,12 +154,6 @@ def test_search_with_restarts_is_seeded_and_runs_once(tiny_options):
     assert calls == [(1, 2)]  # before the first step only
 
 
-def test_search_is_on_by_default_only_in_the_shapes_world(tiny_options):
-    assert clipstudio.make_config("a red circle").search_sweeps() == 3
-    assert clipstudio.make_config("a red circle", clip=tiny_options["clip"]).search_sweeps() == 0
-    assert clipstudio.make_config("a red circle", clip=tiny_options["clip"], search=2).search_sweeps() == 2
-
-
 def test_search_settings_are_checked(tiny_options):
     for bad, message in (({"search": -1}, "0 or more sweeps, got -1"),
                          ({"search_restarts": 0}, "search-restarts must be at least 1, got 0")):
@@ -165,19 +161,18 @@ def test_search_settings_are_checked(tiny_options):
             clipstudio.make_config("a red circle", **{**tiny_options, **bad}).validate()
 
 
-def test_layout_auto_only_in_the_shapes_world(tiny_options):
-    from clipstudio.studio import resolve_layout
+def test_layout_runs_only_when_asked_and_useful(tiny_options):
+    from clipstudio.studio import resolve_layout, validate_config
 
     def layout(**changes):
-        return resolve_layout(clipstudio.make_config("a red circle", **changes))
+        return resolve_layout(clipstudio.make_config("a red circle", **{**tiny_options, **changes}))
 
-    assert layout(generator="latent") == "primitives"
-    assert layout(generator="primitives") is None
-    assert layout(generator="pixels", clip=tiny_options["clip"]) is None  # a real or random CLIP: no layout
-    assert layout(generator="pixels", layout="none") is None
-    assert layout(generator="pixels", clip=tiny_options["clip"], layout="primitives") == "primitives"
+    assert layout(generator="latent") is None  # neutral default: no layout
+    assert layout(generator="pixels", layout="primitives") == "primitives"
+    assert layout(generator="primitives", layout="primitives") is None  # its own generator
+    assert layout(generator="pixels", layout="primitives", init_image="x.png") is None  # an init is given
     with pytest.raises(ClipstudioError, match="layout"):
-        clipstudio.make_config("a red circle", layout="sketch").validate()
+        validate_config(clipstudio.make_config("a red circle", layout="sketch"))
 
 
 def test_layout_result_is_the_init_of_the_run(tiny_options, monkeypatch):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from clipstudio.errors import ClipstudioError
-from clipstudio.world.captions import (PREFIXES, CaptionSpec, ObjectSpec, canonical_caption, paraphrases,
+from clipstudio.worlds.shapes.captions import (PREFIXES, CaptionSpec, ObjectSpec, canonical_caption, paraphrases,
                                        parse_caption, random_caption, spec_from_scene)
-from clipstudio.world.render import FORMS, sample_scene
+from clipstudio.worlds.shapes.render import FORMS, sample_scene
 
 
 def test_the_five_forms_parse_with_free_attributes_left_none():

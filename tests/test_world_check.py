@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from clipstudio.errors import ClipstudioError
-from clipstudio.world.captions import CaptionSpec, canonical_caption, spec_from_scene, with_object
-from clipstudio.world.check import check_image
-from clipstudio.world.render import COLOURS, FORMS, POSITIONS, SHAPES, Scene, ShapeObject, render, sample_scene
+from clipstudio.worlds.shapes.captions import CaptionSpec, canonical_caption, spec_from_scene, with_object
+from clipstudio.worlds.shapes.check import check_image
+from clipstudio.worlds.shapes.render import COLOURS, FORMS, POSITIONS, SHAPES, Scene, ShapeObject, render, sample_scene
 
 
 @pytest.mark.parametrize("size", [32, 48, 64, 128, 256])

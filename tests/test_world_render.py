@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clipstudio.errors import ClipstudioError
-from clipstudio.world.render import (COLOURS, FORMS, JITTER, PALETTE, POSITIONS, SIZE_BANDS, TRIANGLE_HEIGHT,
+from clipstudio.worlds.shapes.render import (COLOURS, FORMS, JITTER, PALETTE, POSITIONS, SIZE_BANDS, TRIANGLE_HEIGHT,
                                      Scene, ShapeObject, boxes_overlap, render, render_batch, sample_scene,
                                      validate_scene)
 

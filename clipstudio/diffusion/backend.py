@@ -326,6 +326,22 @@ def load_sd_pipeline(name_or_path: str, device: str = "cpu", dtype: torch.dtype 
 
 # --------------------------------------------------------------------------- CLI
 
+DEFAULT_MODEL = "shapes-diffusion"  # moves to the diffuse command with the parser
+
+
+def load_embedded_backend(name: str, device: str = "cpu") -> "CFGBackend":
+    """An embedded diffusion model of a world (see :mod:`clipstudio.embedded`), loaded by its world's loader."""
+    import importlib
+
+    from clipstudio import embedded
+
+    model = embedded.embedded_model(name, "diffusion")
+    if not model.loader:
+        raise ClipstudioError(f"the embedded model '{name}' names no loader in its world.json")
+    module_name, func_name = model.loader.split(":")
+    return getattr(importlib.import_module(module_name), func_name)(model.checkpoint, device=device)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`clipstudio diffuse PROMPT -o out.png [--negative TEXT] [--guidance W] [--steps N] [--seed S] [--n K]
     [--sampler NAME] [--eta E] [--pipeline DIR|HUB_NAME] [--scale F]`: sample the CFG backend."""
@@ -364,8 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.pipeline:
         be = load_sd_pipeline(args.pipeline)
     else:
-        from clipstudio.diffusion.shapes_model import load_shapes_backend
-        be = load_shapes_backend()
+        be = load_embedded_backend(DEFAULT_MODEL)
     images = be.generate(args.prompt, negative=args.negative, guidance=args.guidance, steps=args.steps,
                          guidance_rescale=args.guidance_rescale,
                          seed=args.seed, n=args.n, sampler=args.sampler, eta=args.eta,

@@ -20,6 +20,8 @@ The optimizer optimizes ``generator.parameters()`` that require grad, calls ``fo
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -110,3 +112,49 @@ class ClampWithGrad(torch.autograd.Function):
 def clamp_with_grad(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
     """Clamp ``x`` to [lo, hi] with the inward-only gradient of :class:`ClampWithGrad`."""
     return ClampWithGrad.apply(x, lo, hi)
+
+
+def parse_options(options_class: type, options: dict[str, Any], generator: str) -> Any:
+    """Typed generator options: ``options`` (from the CLI, a recipe or Python) as an ``options_class``
+    dataclass instance. Strings become the field's type (``"3"`` -> 3, ``"true"`` -> True,
+    ``"0.2,0.5"`` -> [0.2, 0.5]); unknown names and bad values are one line of error."""
+    fields = {f.name: f for f in dataclasses.fields(options_class)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ClipstudioError(f"generator '{generator}' has no option(s): {', '.join(unknown)}; "
+                              f"it takes: {', '.join(fields) or 'none'}")
+    typed = {}
+    for name, value in options.items():
+        default = getattr(options_class(), name)
+        try:
+            typed[name] = _typed_value(value, default)
+        except (TypeError, ValueError):
+            raise ClipstudioError(f"generator '{generator}' option {name} must be like {default!r}, "
+                                  f"got {value!r}") from None
+    return options_class(**typed)
+
+
+def _typed_value(value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default`` (None defaults take any value)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    if isinstance(default, (tuple, list)):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(float(v) for v in items)
+    if isinstance(default, int):
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    if isinstance(default, float):
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(value)
+        return number
+    return str(value)

@@ -16,15 +16,29 @@ import torch
 from torch import nn
 
 from ..errors import ClipstudioError
-from .base import Choice, Generator, resize_init
+from .base import Choice, Generator, parse_options, resize_init
 
 SHAPE_TYPES = ("circle", "square", "triangle")
 MIN_SIZE, MAX_SIZE = 0.1, 0.75  # bounding-box side, as a fraction of the canvas side
-# The coarse grid a search may put a shape on (centre, in fractions of the canvas) and the sizes it may try;
-# the gradient steps refine both afterwards.
-GRID = (0.27, 0.5, 0.73)
-SEARCH_SIZES = (0.26, 0.40, 0.56)
 _SQRT3 = math.sqrt(3.0)
+
+
+@dataclasses.dataclass
+class PrimitivesOptions:
+    """Options of the ``primitives`` generator (a world's recipe supplies its palette, grid and sizes)."""
+
+    count: int = 2  # how many shapes (1 to 16)
+    edge: float = 0.4  # edge softness, in pixels
+    # A limited palette, as in pixray: comma-separated #rrggbb colours, each chosen straight-through;
+    # "none" frees the colours.
+    palette: str = "none"
+    anneal_steps: int = 0  # soft discrete choices hardening over this many steps (0: straight-through)
+    distinct: bool = True  # with a palette, the search keeps shapes' colours apart and off the background
+    shape_cost: float = 0.02  # how much a drawn shape must lower the loss in the search to be kept
+    # The coarse grid a search may put a shape's centre on, and the sizes it may try (fractions of the
+    # canvas side); the gradient steps refine both afterwards.
+    grid: tuple = (0.25, 0.5, 0.75)
+    search_sizes: tuple = (0.25, 0.4, 0.55)
 
 
 def _logit(p: torch.Tensor) -> torch.Tensor:
@@ -70,26 +84,17 @@ def _size_logit(size: float) -> float:
     return float(_logit(torch.tensor((size - MIN_SIZE) / (MAX_SIZE - MIN_SIZE))))
 
 
-def named_palettes() -> dict[str, torch.Tensor]:
-    """Palettes by name, as (N, 3) tensors in [0, 1]."""
-    from ..world.render import PALETTE
-
-    return {"shapes": torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 255}
-
-
 def parse_palette(spec: str | None) -> torch.Tensor | None:
-    """``None`` (free colours), a palette name, or comma-separated ``#rrggbb`` colours."""
+    """``None``/``none`` (free colours) or comma-separated ``#rrggbb`` colours, as an (N, 3) tensor in [0, 1]."""
     if spec in (None, "", "none"):
         return None
-    palettes = named_palettes()
-    if spec in palettes:
-        return palettes[spec]
     try:
-        colours = [[int(c.strip().lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)] for c in spec.split(",")]
+        hexes = [c.strip().lstrip("#") for c in spec.split(",")]
+        colours = [[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in hexes if len(h) == 6]
     except ValueError:
         colours = []
-    if len(colours) < 2 or any(len(c) != 3 for c in colours):
-        raise ClipstudioError(f"palette must be one of {', '.join(palettes)} or '#rrggbb,#rrggbb,...', got {spec!r}")
+    if len(colours) < 2 or len(colours) != len(hexes):
+        raise ClipstudioError(f"palette must be 'none' or '#rrggbb,#rrggbb,...' (two colours or more), got {spec!r}")
     return torch.tensor(colours, dtype=torch.float32) / 255
 
 
@@ -101,47 +106,31 @@ def straight_through_choice(logits: torch.Tensor) -> torch.Tensor:
 
 
 class PrimitivesGenerator(Generator):
-    """``count`` shapes over a background.
-
-    Options: ``count`` (default 2), ``edge`` (edge softness in pixels, default 0.4), ``palette`` (a limited
-    palette, as in pixray: a name such as ``shapes`` (the default: the embedded world's eight colours) or
-    ``#rrggbb,...``; each colour is then chosen straight-through; ``none`` frees the colours), ``distinct`` (default true: with a palette, the search keeps the shapes'
-    colours apart from each other and from the background), ``shape_cost`` (default 0.02: how much a drawn
-    shape must lower the loss in the search to be kept).
+    """``count`` shapes over a background; options are the fields of :class:`PrimitivesOptions`.
 
     :meth:`choices` exposes the discrete decisions (background and shape colours when a palette is set,
     whether each shape is drawn, its type, a coarse position and size) for the studio's search.
     """
 
-    def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None,
-                 count: int | str = 2, edge: float | str = 0.4, palette: str | None = "shapes",
-                 anneal_steps: int | str = 0, distinct: bool | str = True, shape_cost: float | str = 0.02,
-                 **options):
-        super().__init__(size, init_image, **options)
-        # Discrete choices (shape type, palette colour) start as soft mixtures and harden over ``anneal_steps``
-        # post-step calls (temperature 1 -> 0.02, as in Gumbel-softmax annealing); 0 means straight-through.
-        self.anneal_steps = int(anneal_steps)
-        # With a palette, the search gives every drawn shape its own colour, unlike the background's, so
-        # that each shape reads as one object (as in the shapes world).
-        self.distinct = str(distinct).lower() not in ("0", "false", "no")
-        # Occam's prior for the search: a shape is drawn only if it lowers the loss by at least this much,
-        # so no object the prompt never asked for gets in because the guide is indifferent to it.
-        try:
-            self.shape_cost = float(shape_cost)
-        except (TypeError, ValueError):
-            raise ClipstudioError(f"primitives option shape_cost must be a number, got {shape_cost!r}") from None
+    def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None, **options):
+        super().__init__(size, init_image)
+        opts = parse_options(PrimitivesOptions, options, "primitives")
+        if not 1 <= opts.count <= 16 or opts.edge <= 0:
+            raise ClipstudioError(f"primitives needs 1 <= count <= 16 and edge > 0, got {opts.count}, {opts.edge}")
+        if not opts.grid or not opts.search_sizes or not all(0 < v < 1 for v in opts.grid + opts.search_sizes):
+            raise ClipstudioError("primitives options grid and search_sizes must be fractions between 0 and 1")
+        self.options = opts
+        self.count, self.edge, self.distinct, self.shape_cost = opts.count, opts.edge, opts.distinct, opts.shape_cost
+        self.anneal_steps, self.grid, self.search_sizes = opts.anneal_steps, opts.grid, opts.search_sizes
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
-        palette_colours = parse_palette(palette)
+        # The search's "swap" moves are state too: a restart or a resume must know which way round it is.
+        self.register_buffer("swapped", torch.zeros((), dtype=torch.long))
+        self.register_buffer("colours_swapped", torch.zeros((), dtype=torch.long))
+        palette_colours = parse_palette(opts.palette)
         if palette_colours is not None:
             self.register_buffer("palette", palette_colours, persistent=False)
         else:
             self.palette = None
-        try:
-            self.count, self.edge = int(count), float(edge)
-        except (TypeError, ValueError):
-            raise ClipstudioError(f"primitives options count and edge must be numbers, got {count!r}, {edge!r}") from None
-        if not 1 <= self.count <= 16 or self.edge <= 0:
-            raise ClipstudioError(f"primitives needs 1 <= count <= 16 and edge > 0, got {count}, {edge}")
         k = self.count
         background = torch.rand(3) * 0.5 + 0.25
         if init_image is not None:  # the init image's mean colour becomes the background
@@ -153,7 +142,6 @@ class PrimitivesGenerator(Generator):
             self.background = nn.Parameter(torch.randn(len(self.palette)) * 0.1)
             self.colour = nn.Parameter(torch.randn(k, len(self.palette)) * 0.1)
         self.position = nn.Parameter(_logit(torch.rand(k, 2) * 0.5 + 0.25))
-        self._swapped = self._colours_swapped = 0  # search states of the "swap" choices
         self.size_logit = nn.Parameter(_logit(torch.rand(k) * 0.4 + 0.3))
         self.opacity = nn.Parameter(torch.full((k,), 2.0))
         self.shape_logits = nn.Parameter(torch.randn(k, len(SHAPE_TYPES)) * 0.1)
@@ -202,27 +190,27 @@ class PrimitivesGenerator(Generator):
                 found.append(Choice(f"shape{i}.drawn", 2, lambda i=i: int(self.opacity.data[i] > 0),
                                     lambda v, i=i: self.opacity.data[i].fill_(2.0 if v else -2.0)))
             found.append(_logit_choice(f"shape{i}.type", self.shape_logits.data[i]))
-            found.append(Choice(f"shape{i}.position", len(GRID) ** 2, lambda i=i: self._grid_index(i),
+            found.append(Choice(f"shape{i}.position", len(self.grid) ** 2, lambda i=i: self._grid_index(i),
                                 lambda v, i=i: self._set_grid(i, v)))
-            found.append(Choice(f"shape{i}.size", len(SEARCH_SIZES), lambda i=i: self._size_index(i),
-                                lambda v, i=i: self.size_logit.data[i].fill_(_size_logit(SEARCH_SIZES[v]))))
+            found.append(Choice(f"shape{i}.size", len(self.search_sizes), lambda i=i: self._size_index(i),
+                                lambda v, i=i: self.size_logit.data[i].fill_(_size_logit(self.search_sizes[v]))))
         if self.count == 2:
-            found.append(Choice("swap", 2, lambda: self._swapped, self._set_swapped))
+            found.append(Choice("swap", 2, lambda: int(self.swapped), self._set_swapped))
             if self.palette is not None:
-                found.append(Choice("swap_colours", 2, lambda: self._colours_swapped, self._set_colours_swapped))
+                found.append(Choice("swap_colours", 2, lambda: int(self.colours_swapped), self._set_colours_swapped))
         return found
 
     def _set_colours_swapped(self, value: int) -> None:
         """Exchange the two shapes' colours (which colour goes with which shape is easy to get backwards)."""
-        if value != self._colours_swapped:
+        if value != int(self.colours_swapped):
             self.colour.data.copy_(self.colour.data.flip(0))
-            self._colours_swapped = value
+            self.colours_swapped.fill_(value)
 
     def _set_swapped(self, value: int) -> None:
         """Exchange the two shapes' places (a relation such as "above" may need both to move at once)."""
-        if value != self._swapped:
+        if value != int(self.swapped):
             self.position.data.copy_(self.position.data.flip(0))
-            self._swapped = value
+            self.swapped.fill_(value)
 
     def _colour_or_hidden_choice(self, index: int) -> Choice:
         colour = _logit_choice(f"shape{index}.colour", self.colour.data[index])
@@ -256,16 +244,16 @@ class PrimitivesGenerator(Generator):
 
     def _grid_index(self, index: int) -> int:
         x, y = torch.sigmoid(self.position.data[index]).tolist()
-        nearest = [min(range(len(GRID)), key=lambda k: abs(GRID[k] - v)) for v in (x, y)]
-        return nearest[1] * len(GRID) + nearest[0]
+        nearest = [min(range(len(self.grid)), key=lambda k: abs(self.grid[k] - v)) for v in (x, y)]
+        return nearest[1] * len(self.grid) + nearest[0]
 
     def _set_grid(self, index: int, value: int) -> None:
-        row, col = divmod(value, len(GRID))
-        self.position.data[index] = _logit(torch.tensor([GRID[col], GRID[row]]))
+        row, col = divmod(value, len(self.grid))
+        self.position.data[index] = _logit(torch.tensor([self.grid[col], self.grid[row]]))
 
     def _size_index(self, index: int) -> int:
         size = MIN_SIZE + (MAX_SIZE - MIN_SIZE) * float(torch.sigmoid(self.size_logit.data[index]))
-        return min(range(len(SEARCH_SIZES)), key=lambda k: abs(SEARCH_SIZES[k] - size))
+        return min(range(len(self.search_sizes)), key=lambda k: abs(self.search_sizes[k] - size))
 
     def alphas(self) -> torch.Tensor:
         """Each primitive is either drawn or not: hard 0/1 forward, sigmoid gradient backward, so no

@@ -1,5 +1,5 @@
 """CLIP models through open_clip: open_clip names, ``NAME:PRETRAINED`` tags, local checkpoints, and the
-embedded shapes-world models, all loaded by the same open_clip code path."""
+embedded models that worlds ship (see :mod:`clipstudio.embedded`), all loaded by the same open_clip code path."""
 from __future__ import annotations
 
 import functools
@@ -13,17 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import embedded
 from ..errors import ClipstudioError
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-
-# Embedded models: open_clip config name -> checkpoint file in the package's assets.
-EMBEDDED_MODELS: dict[str, str] = {
-    "shapes-guide": "shapes-guide.pt",
-    "shapes-eval": "shapes-eval.pt",
-}
-DEFAULT_CLIP = "shapes-guide"
+DEFAULT_CLIP = "ViT-B-32:openai"  # the lineage's guide; worlds' recipes name their own
 RANDOM_TAG = "random"
 
 
@@ -32,7 +25,8 @@ def _register_configs() -> None:
     """Register our model configs with open_clip, and any folders named in ``CLIPSTUDIO_MODEL_CONFIGS``."""
     import open_clip
 
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    for folder in embedded.model_config_dirs():
+        open_clip.add_model_config(folder)
     for folder in os.environ.get("CLIPSTUDIO_MODEL_CONFIGS", "").split(os.pathsep):
         if folder:
             open_clip.add_model_config(Path(folder))
@@ -44,18 +38,12 @@ def list_clip_models() -> list[str]:
 
     _register_configs()
     pretrained = [f"{name}:{tag}" for name, tag in open_clip.list_pretrained()]
-    return list(EMBEDDED_MODELS) + pretrained
+    return embedded.list_embedded("clip") + pretrained
 
 
 def embedded_checkpoint(name: str) -> Path:
-    """Path of an embedded model's checkpoint; a missing one is a one-line error."""
-    path = ASSETS_DIR / EMBEDDED_MODELS[name]
-    if not path.is_file():
-        raise ClipstudioError(
-            f"the embedded CLIP '{name}' is missing from this install ({path}); "
-            f"rebuild it with 'clipstudio train clip --world shapes --model {name}'"
-        )
-    return path
+    """Path of an embedded CLIP's checkpoint; a missing one is a one-line error."""
+    return embedded.embedded_model(name, "clip").checkpoint
 
 
 @dataclass(frozen=True)
@@ -82,7 +70,7 @@ def resolve_clip_spec(spec: str, weights_dir: str | None = None) -> ClipSpec:
     import open_clip
 
     _register_configs()
-    if spec in EMBEDDED_MODELS:
+    if spec in embedded.embedded_models("clip"):
         return ClipSpec(spec, str(embedded_checkpoint(spec)))
     arch, _, tag = spec.partition(":")
     if arch not in open_clip.list_models():
@@ -91,7 +79,7 @@ def resolve_clip_spec(spec: str, weights_dir: str | None = None) -> ClipSpec:
             return ClipSpec(_sidecar_arch(path), str(path))
         if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} and not path.is_file():
             raise ClipstudioError(f"CLIP checkpoint not found: {spec}")
-        choices = ", ".join(list(EMBEDDED_MODELS) + ["any open_clip name, e.g. ViT-B-32:openai"])
+        choices = ", ".join(embedded.list_embedded("clip") + ["any open_clip name, e.g. ViT-B-32:openai"])
         raise ClipstudioError(f"unknown CLIP model '{spec}'; choose one of: {choices} (see 'clipstudio models')")
     if tag == RANDOM_TAG:
         return ClipSpec(arch, None)

@@ -1,12 +1,13 @@
 """Loss registry: a plain dict of name -> class, with :func:`list_losses`."""
 from __future__ import annotations
 
+from ..errors import ClipstudioError
 from .base import Loss, LossContext
 from .clip_loss import ClipLoss, spherical_distance, stop_gradient_below
 from .regularizers import AnchorLoss, PerceptualLoss, TVLoss, total_variation
 
+# Regularizers a run weights by name (``GenerateConfig.losses``); the CLIP loss is built per guide.
 LOSSES: dict[str, type[Loss]] = {
-    "clip": ClipLoss,
     "tv": TVLoss,
     "anchor": AnchorLoss,
     "perceptual": PerceptualLoss,
@@ -14,11 +15,21 @@ LOSSES: dict[str, type[Loss]] = {
 
 
 def list_losses() -> list[str]:
-    """Names of the registered losses."""
+    """Names of the registered regularizers."""
     return sorted(LOSSES)
 
 
+def build_loss(name: str, **options) -> Loss:
+    """The regularizer registered as ``name``, built with its options (e.g. ``net`` for perceptual)."""
+    if name not in LOSSES:
+        raise ClipstudioError(f"unknown loss '{name}'; choose from: {', '.join(list_losses())}")
+    try:
+        return LOSSES[name](**options)
+    except TypeError:
+        raise ClipstudioError(f"loss '{name}' has no option(s): {', '.join(sorted(options))}") from None
+
+
 __all__ = [
-    "LOSSES", "AnchorLoss", "ClipLoss", "Loss", "LossContext", "PerceptualLoss", "TVLoss",
+    "LOSSES", "AnchorLoss", "build_loss", "ClipLoss", "Loss", "LossContext", "PerceptualLoss", "TVLoss",
     "list_losses", "spherical_distance", "stop_gradient_below", "total_variation",
 ]

@@ -34,12 +34,12 @@ import torch.nn.functional as F
 
 from clipstudio.errors import ClipstudioError
 from clipstudio.images import atomic_torch_save
-from clipstudio.world.captions import random_caption
-from clipstudio.world.render import (COLOURS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch,
+from clipstudio.worlds.shapes.captions import random_caption
+from clipstudio.worlds.shapes.render import (COLOURS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch,
                                      sample_scene)
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "guide" / "model_configs"
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "worlds" / "shapes" / "model_configs"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "worlds" / "shapes" / "assets"
 # Relative frequency of the grammar forms in training batches.  Two-object scenes get
 # extra weight: binding colours/shapes to the right side of a relation is the hardest part.
 FORM_WEIGHTS: dict[str, float] = {"plain": 0.16, "sized": 0.2, "positioned": 0.2, "left_of": 0.22, "above": 0.22}
@@ -302,7 +302,7 @@ def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: st
         if done % save_every == 0 or done == end:
             save(done)
         if eval_every and (done % eval_every == 0 or done == steps):
-            from clipstudio.world.zeroshot import evaluate_model
+            from clipstudio.worlds.shapes.zeroshot import evaluate_model
 
             model.eval()
             last_eval = evaluate_model(model, tokenizer, n=100, seed=10_000 + seed)

@@ -52,7 +52,7 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 
 def training_caption(rng: np.random.Generator, scene, p_uncond: float, p_partial: float) -> str:
     """One training caption: empty (``p_uncond``, for CFG), partial (``p_partial`` of one-object scenes) or full."""
-    from clipstudio.world.captions import partial_caption, random_caption
+    from clipstudio.worlds.shapes.captions import partial_caption, random_caption
     r = rng.random()
     if r < p_uncond:
         return ""
@@ -63,7 +63,7 @@ def training_caption(rng: np.random.Generator, scene, p_uncond: float, p_partial
 
 def sample_scenes(rng: np.random.Generator, n: int) -> list:
     """n scenes, their caption forms drawn with FORM_WEIGHTS."""
-    from clipstudio.world.render import sample_scene
+    from clipstudio.worlds.shapes.render import sample_scene
     forms = list(FORM_WEIGHTS)
     probs = np.array([FORM_WEIGHTS[f] for f in forms])
     return [sample_scene(rng, forms[int(rng.choice(len(forms), p=probs / probs.sum()))]) for _ in range(n)]
@@ -76,8 +76,8 @@ def make_batch(seed: int, step: int, batch: int, p_uncond: float,
     ``p_partial`` of the one-object scenes get a :func:`partial_caption` (colour left free, or the colour
     alone), so that "a circle on a white background" and the negative prompt "red" mean something.
     """
-    from clipstudio.diffusion.shapes_model import IMAGE_SIZE
-    from clipstudio.world.render import render_batch
+    from clipstudio.worlds.shapes.diffusion_model import IMAGE_SIZE
+    from clipstudio.worlds.shapes.render import render_batch
     rng = np.random.default_rng([seed, step])
     scenes, caps = [], []
     for scene in sample_scenes(rng, batch):
@@ -105,7 +105,7 @@ def encode_dataset(scenes: Sequence, encoder: torch.nn.Module, path: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    from clipstudio.world.render import render_batch
+    from clipstudio.worlds.shapes.render import render_batch
     done = torch.zeros(0)
     if os.path.isfile(path):
         try:
@@ -177,7 +177,7 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
-    from clipstudio.diffusion import shapes_model as SM
+    from clipstudio.worlds.shapes import diffusion_model as SM
     from clipstudio.diffusion.backend import OpenClipTextEncoder
 
     for name, v in (("steps", steps), ("batch", batch), ("save-every", save_every)):
@@ -327,7 +327,7 @@ def prepare_latents(seed: int, dataset: int, latents_path: str, weights_dir: Opt
                     progress: bool) -> tuple[dict, dict, tuple]:
     """(space config with latent statistics, fp16 TAEF2 decoder state, (scenes, latents)) for latent training."""
     from clipstudio import weights
-    from clipstudio.diffusion import shapes_model as SM
+    from clipstudio.worlds.shapes import diffusion_model as SM
     from clipstudio.generators.taef2 import load_taef2
     files = weights.fetch_group("taef2", ("encoder", "decoder"), weights_dir)
     encoder, decoder = load_taef2(files["encoder"], files["decoder"])

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 from clipstudio.errors import ClipstudioError, missing_extra
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS_DIR / "shapes-diffusion.pt"
-GUIDE_CONFIG = Path(__file__).resolve().parent.parent / "guide" / "model_configs" / "shapes-guide.json"
+GUIDE_CONFIG = Path(__file__).resolve().parent / "model_configs" / "shapes-guide.json"
 IMAGE_SIZE = 32
 PATCH = 2                                     # space-to-depth factor: 32x32x3 <-> 16x16x12
 
@@ -140,8 +140,8 @@ def world_vocabulary(tokenizer, n_captions: int = 1000, seed: int = 0) -> list[i
     """Token ids used by the shapes world's captions and paraphrases, plus each word alone (for negatives)."""
     import numpy as np
 
-    from clipstudio.world.captions import paraphrases, random_caption, canonical_caption
-    from clipstudio.world.render import sample_scene
+    from clipstudio.worlds.shapes.captions import paraphrases, random_caption, canonical_caption
+    from clipstudio.worlds.shapes.render import sample_scene
     rng = np.random.default_rng(seed)
     texts: list[str] = [""]
     for _ in range(n_captions):
@@ -257,8 +257,8 @@ def canonical_prompts(n: int, seed: int = 1234) -> list[str]:
     """n canonical-grammar prompts, the five forms in turn, from seeded random scenes."""
     import numpy as np
 
-    from clipstudio.world.captions import canonical_caption
-    from clipstudio.world.render import FORMS, sample_scene
+    from clipstudio.worlds.shapes.captions import canonical_caption
+    from clipstudio.worlds.shapes.render import FORMS, sample_scene
     rng = np.random.default_rng(seed)
     return [canonical_caption(sample_scene(rng, FORMS[i % len(FORMS)])) for i in range(n)]
 
@@ -272,9 +272,9 @@ def to_uint8(images: torch.Tensor) -> list:
 def check_pass_rate(backend, prompts: Sequence[str], guidance: Optional[float] = None, steps: int = 50,
                     seed: int = 0, batch: int = 25, sampler: str = "ddim",
                     guidance_rescale: Optional[float] = None) -> dict:
-    """Share of prompts whose image passes clipstudio.world.check.check_image, overall and per form."""
-    from clipstudio.world.captions import parse_caption
-    from clipstudio.world.check import check_image
+    """Share of prompts whose image passes clipstudio.worlds.shapes.check.check_image, overall and per form."""
+    from clipstudio.worlds.shapes.captions import parse_caption
+    from clipstudio.worlds.shapes.check import check_image
     per_form: dict[str, list[int]] = {}
     passed = 0
     for i in range(0, len(prompts), batch):
@@ -293,8 +293,8 @@ def object_colour(img, background: str) -> Optional[str]:
     """The most common palette colour other than the background (None if under 1% of pixels)."""
     import numpy as np
 
-    from clipstudio.world.check import classify_pixels
-    from clipstudio.world.render import COLOURS
+    from clipstudio.worlds.shapes.check import classify_pixels
+    from clipstudio.worlds.shapes.render import COLOURS
     lab = classify_pixels(img)
     counts = np.bincount(lab[lab >= 0].ravel(), minlength=len(COLOURS)).astype(float)
     counts[COLOURS.index(background)] = 0

@@ -31,7 +31,7 @@ def grammar_prompts(n: int, seed: int = 1234, forms: Sequence[str] = FORMS) -> l
 @torch.no_grad()
 def evaluator_scores(images: Sequence[Image.Image], prompts: Sequence[str], model: str = EVALUATOR_CLIP) -> list[float]:
     """Cosine similarity of each image to its prompt under the evaluator CLIP (never the guide)."""
-    from ..guide.clip import load_clip
+    from ...guide.clip import load_clip
 
     guide = load_clip(model)
     batch = torch.stack([torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
@@ -73,15 +73,17 @@ class AdherenceReport:
 
 
 def evaluate_generation(prompts: Sequence[str], seeds: Sequence[int] = (0,), save_dir: str | None = None,
-                        **options: Any) -> AdherenceReport:
-    """Run ``clipstudio.generate`` for every prompt and seed, and judge each image."""
-    from ..studio import generate
+                        recipe: str = "shapes", **options: Any) -> AdherenceReport:
+    """Generate every prompt and seed with ``recipe`` and ``options`` on top (what ``clipstudio generate
+    PROMPT --recipe RECIPE`` with those options makes), and judge each image."""
+    from ...recipes import recipe_config
+    from ...studio import Studio
 
     report = AdherenceReport()
     for prompt in prompts:
         for seed in seeds:
             start = time.perf_counter()
-            result = generate(prompt, seed=seed, **options)
+            result = Studio(recipe_config(recipe, prompt, seed=seed, **options)).run()
             seconds = time.perf_counter() - start
             check = check_image(result.image, prompt)
             reference = reference_image(prompt, result.image.size[0], seed)

@@ -24,8 +24,8 @@ from typing import Any, Union
 import numpy as np
 
 from clipstudio.errors import ClipstudioError
-from clipstudio.world.captions import CaptionSpec, parse_caption
-from clipstudio.world.render import COLOURS, PALETTE, POSITIONS, SIZE_BANDS
+from clipstudio.worlds.shapes.captions import CaptionSpec, parse_caption
+from clipstudio.worlds.shapes.render import COLOURS, PALETTE, POSITIONS, SIZE_BANDS
 
 ImageLike = Union[np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
@@ -184,7 +184,7 @@ def template_shape(st: dict[str, float], alpha: np.ndarray, pad: int = 2) -> tup
     grid of widths and sub-pixel offsets around the measured bounding box, inside a
     window around the box (cheap: the window is only a few pixels wide).
     """
-    from clipstudio.world.render import Scene, ShapeObject, _coverage, _scene_arrays
+    from clipstudio.worlds.shapes.render import Scene, ShapeObject, _coverage, _scene_arrays
 
     h, w = alpha.shape
     bw, bh = st["width"] * w, st["height"] * h

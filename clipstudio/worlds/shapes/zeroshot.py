@@ -14,7 +14,7 @@ first by cosine similarity.  Attributes and the scenes they are scored on:
 
 CLI (wired by the lead as ``clipstudio eval clip [--model NAME] [-n N]``)::
 
-    python -m clipstudio.world.zeroshot --model shapes-guide -n 200
+    python -m clipstudio.worlds.shapes.zeroshot --model shapes-guide -n 200
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from clipstudio.errors import ClipstudioError
-from clipstudio.world.captions import CaptionSpec, canonical_caption, spec_from_scene, with_object
-from clipstudio.world.render import COLOURS, FORMS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch, sample_scene
+from clipstudio.worlds.shapes.captions import CaptionSpec, canonical_caption, spec_from_scene, with_object
+from clipstudio.worlds.shapes.render import COLOURS, FORMS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch, sample_scene
 
 ATTRIBUTES: tuple[str, ...] = ("background", "colour", "shape", "size", "position", "relation")
 DEFAULT_SEED = 12345  # training uses seeds (seed, step) lists; this single-int stream is disjoint

@@ -5,7 +5,7 @@ score (the independent ``shapes-eval`` model, never the guide), wall time per im
 peak resident memory of a fresh process running only that method. Writes a markdown report and a
 contact sheet (one row per prompt and seed, one column per method).
 
-    python -m clipstudio.diffusion.compare -o compare/ --prompts 10 --seeds 2
+    python -m clipstudio.worlds.shapes.compare -o compare/ --prompts 10 --seeds 2
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import torch
 
 from clipstudio.errors import ClipstudioError
 
+WORLD_RECIPE = "shapes"  # the CLIP-guided side runs the world's default recipe (its generator replaced if named)
 METHODS = ("clip-guided", "cfg-diffusion")
 
 
@@ -49,7 +50,7 @@ def _run_method(method: str, prompts: Sequence[str], seeds: Sequence[int], optio
     if generator:
         clip_options["generator"] = generator
     if method == "cfg-diffusion":
-        from clipstudio.diffusion.shapes_model import load_shapes_backend, to_uint8
+        from clipstudio.worlds.shapes.diffusion_model import load_shapes_backend, to_uint8
         be = load_shapes_backend(options.get("checkpoint"))
     for p in prompts:
         for s in seeds:
@@ -60,7 +61,9 @@ def _run_method(method: str, prompts: Sequence[str], seeds: Sequence[int], optio
                 img = Image.fromarray(arr)
             else:
                 import clipstudio
-                img = clipstudio.generate(p, seed=s, **clip_options).image.convert("RGB")
+                from clipstudio.recipes import recipe_config
+                config = recipe_config(WORLD_RECIPE, p, seed=s, **clip_options)
+                img = clipstudio.Studio(config).run().image.convert("RGB")
             seconds.append(time.perf_counter() - t0)
             images.append(np.asarray(img))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -127,7 +130,7 @@ def compare(prompts: Sequence[str], seeds: Sequence[int], out_dir: str, methods:
     ``isolated`` runs each method in a fresh process so that its peak memory is its own; without it (tests)
     the methods run here and peak memory is this process's.
     """
-    from clipstudio.world.check import check_image
+    from clipstudio.worlds.shapes.check import check_image
     options = options or {}
     for m in methods:
         clip_generator(m)
@@ -166,7 +169,7 @@ def compare(prompts: Sequence[str], seeds: Sequence[int], out_dir: str, methods:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`clipstudio compare -o DIR [--prompts N] [--seeds K]`: write DIR/report.md and DIR/sheet.png."""
-    from clipstudio.diffusion.shapes_model import canonical_prompts
+    from clipstudio.worlds.shapes.diffusion_model import canonical_prompts
     ap = argparse.ArgumentParser(prog="clipstudio compare", description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", default="compare")
     ap.add_argument("--prompts", type=int, default=10, help="number of canonical-grammar prompts")

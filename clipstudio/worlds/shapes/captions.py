@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from clipstudio.errors import ClipstudioError
-from clipstudio.world.render import COLOURS, FORMS, POSITIONS, SHAPES, SIZE_BANDS, Scene
+from clipstudio.worlds.shapes.render import COLOURS, FORMS, POSITIONS, SHAPES, SIZE_BANDS, Scene
 
 
 class CaptionError(ClipstudioError, ValueError):

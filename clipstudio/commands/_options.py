@@ -1,0 +1,73 @@
+"""Command-line options derived from config dataclasses, so each default and choice is written once.
+
+Options made here default to ``argparse.SUPPRESS``: only what a user typed reaches the settings, on top of a
+recipe's or a ``--from`` image's. :func:`typed_settings` reads them back by field name.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+S = argparse.SUPPRESS
+
+
+def scalar(text: str) -> Any:
+    """``KEY=VALUE`` values: ints, floats and booleans become themselves, the rest stays text."""
+    lowered = text.lower()
+    if lowered in {"true", "false"}:
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """An argparse type for ``KEY=VALUE``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    return key, scalar(value)
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, helps: dict[str, str] | None = None,
+                          flags: dict[str, str] | None = None, choices: dict[str, Any] | None = None,
+                          skip: tuple[str, ...] = ()) -> None:
+    """An option for every scalar or list field of ``cls``: ``--field-name`` (``flags`` renames one), typed
+    by the field's default, ``choices`` where given; list fields repeat (``--clip A --clip B``). Mapping
+    fields are left to the command, which knows their syntax."""
+    helps, flags, choices = helps or {}, flags or {}, choices or {}
+    for field in dataclasses.fields(cls):
+        default = _field_default(field)
+        if field.name in skip or isinstance(default, dict):
+            continue
+        flag = "--" + flags.get(field.name, field.name.replace("_", "-"))
+        text = helps.get(field.name, "")
+        shown = f"{text} (default: {default})" if text else f"default: {default}"
+        kwargs: dict[str, Any] = {"dest": field.name, "default": S, "help": shown}
+        if field.name in choices:
+            kwargs["choices"] = list(choices[field.name])
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, list):
+            kwargs["action"] = "append"
+        elif isinstance(default, (int, float)):
+            kwargs["type"] = type(default)
+        parser.add_argument(flag, **kwargs)
+
+
+def typed_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` a user typed on the command line."""
+    given = vars(args)
+    return {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}

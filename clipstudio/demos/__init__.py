@@ -1,0 +1,1 @@
+"""Demos that show the maths of the package on toy problems (no images)."""
