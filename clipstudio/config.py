@@ -12,7 +12,7 @@ from .errors import ClipstudioError
 DEFAULT_CLIP = "ViT-B-32:openai"  # the lineage's guide; worlds' recipes name their own
 
 OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine", "linear")
+from .schedules import SCHEDULES
 
 
 @dataclass

@@ -15,8 +15,10 @@ from .guide.prompts import Prompt, negative_prompt, parse_prompts
 from .studio import GenerateResult, Studio
 
 
-def _to_batch(images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    arrays = [np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0 for img in images]
+def _to_batch(images: Sequence[Image.Image | np.ndarray], size: int) -> torch.Tensor:
+    """Images (PIL, or HxWx3 uint8 arrays) as one NCHW batch at ``size``, resized bicubic with antialiasing."""
+    arrays = [np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img, dtype=np.float32) / 255.0
+              for img in images]
     batch = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])
     return torch.nn.functional.interpolate(batch, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
 
@@ -32,6 +34,18 @@ def clip_scores(images: Sequence[Image.Image], prompts: Sequence[Prompt], clip: 
     text_embeds = guide.encode_text([p.text for p in texts])
     weights = torch.tensor([p.weight for p in texts], device=image_embeds.device)
     return ((image_embeds @ text_embeds.T) * weights).sum(-1).div(weights.abs().sum()).tolist()
+
+
+@torch.no_grad()
+def score_images(images: Sequence[Image.Image | np.ndarray], texts: Sequence[str], clip: str,
+                 device: str = "cpu") -> list[float]:
+    """Cosine similarity of each whole image to its own text (``texts[i]`` for ``images[i]``): the one
+    image-scoring function, for evaluators and reports alike."""
+    if len(images) != len(texts):
+        raise ClipstudioError(f"score_images needs one text per image, got {len(images)} and {len(texts)}")
+    guide = load_clip(clip, device)
+    image_embeds = guide.encode_image(_to_batch(images, guide.image_size).to(device))
+    return (image_embeds * guide.encode_text(list(texts))).sum(-1).tolist()
 
 
 def rank_images(images: Sequence[Image.Image], prompt: str, clip: str, negative: Sequence[str] = (),

@@ -25,6 +25,7 @@ from .guide.cutouts import CutoutParams, Cutouts
 from .guide.prompts import Prompt, image_prompt, negative_prompt, parse_prompts
 from .images import atomic_write, load_image, save_png, tensor_to_pil
 from .losses import ClipLoss, LossContext, build_loss
+from .schedules import lr_factor
 
 
 @dataclass
@@ -63,18 +64,6 @@ class GenerateResult:
     def save(self, path: str | Path) -> Path:
         """Write the image as PNG atomically, with the settings in its metadata."""
         return save_png(self.image, path, self.metadata())
-
-
-def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier at ``step``: linear warmup, then constant, cosine or linear decay to 10%."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    if schedule == "cosine":
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    if schedule == "linear":
-        return 1.0 - 0.9 * min(progress, 1.0)
-    return 1.0
 
 
 def validate_config(config: GenerateConfig) -> GenerateConfig:

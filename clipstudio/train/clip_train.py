@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from clipstudio.errors import ClipstudioError
+from clipstudio.schedules import lr_factor
 from clipstudio.images import atomic_torch_save
 from clipstudio.worlds.shapes.captions import random_caption
 from clipstudio.worlds.shapes.render import (COLOURS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch,
@@ -211,11 +212,8 @@ def export_state_dict(model, half: bool = True) -> dict[str, torch.Tensor]:
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 5% of ``base``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    """Linear warm-up then cosine decay to 5% of ``base`` (the schedule the shipped model was trained with)."""
+    return base * lr_factor("cosine", step, total, warmup, floor=0.05)
 
 
 def _param_groups(model, weight_decay: float):

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from clipstudio.errors import ClipstudioError
+from clipstudio.schedules import lr_factor
 from clipstudio.images import atomic_torch_save
 
 SPACES = ("taef2", "pixel")
@@ -159,11 +160,8 @@ class TextCache:
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 10% of base."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+    """Linear warm-up then cosine decay to 10% of ``base`` (the schedule the shipped model was trained with)."""
+    return base * lr_factor("cosine", step, total, warmup, floor=0.1)
 
 
 def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optional[str] = None,

@@ -17,28 +17,16 @@ from PIL import Image
 
 from .captions import canonical_caption, parse_caption, spec_from_scene
 from .check import check_image
+from ...ranking import score_images
+from .prompts import prompt_set
 from .render import FORMS, render, sample_scene
 
 EVALUATOR_CLIP = "shapes-eval"
 
 
-def grammar_prompts(n: int, seed: int = 1234, forms: Sequence[str] = FORMS) -> list[str]:
-    """``n`` canonical-grammar prompts, cycling through ``forms`` so each form is equally represented."""
-    rng = np.random.default_rng(seed)
-    return [canonical_caption(spec_from_scene(sample_scene(rng, forms[i % len(forms)]))) for i in range(n)]
-
-
-@torch.no_grad()
 def evaluator_scores(images: Sequence[Image.Image], prompts: Sequence[str], model: str = EVALUATOR_CLIP) -> list[float]:
     """Cosine similarity of each image to its prompt under the evaluator CLIP (never the guide)."""
-    from ...guide.clip import load_clip
-
-    guide = load_clip(model)
-    batch = torch.stack([torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                         for img in images])
-    batch = torch.nn.functional.interpolate(batch, size=(guide.image_size,) * 2, mode="bilinear", antialias=True)
-    sims = (guide.encode_image(batch) * guide.encode_text(list(prompts))).sum(-1)
-    return sims.tolist()
+    return score_images(images, prompts, model)
 
 
 def reference_image(prompt: str, size: int, seed: int = 0) -> Image.Image:
@@ -121,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options[key] = _parse_value(value)
     if args.save_dir:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-    report = evaluate_generation(grammar_prompts(args.n, args.prompt_seed), args.seeds, args.save_dir, **options)
+    report = evaluate_generation(prompt_set(args.n, args.prompt_seed), args.seeds, args.save_dir, **options)
     summary = report.summary()
     if args.json:
         print(json.dumps({"summary": summary, "rows": report.rows}, indent=1))

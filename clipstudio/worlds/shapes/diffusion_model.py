@@ -254,13 +254,10 @@ def unet_param_count(config: Optional[dict] = None) -> int:
 # --------------------------------------------------------------------------- evaluation
 
 def canonical_prompts(n: int, seed: int = 1234) -> list[str]:
-    """n canonical-grammar prompts, the five forms in turn, from seeded random scenes."""
-    import numpy as np
+    """n canonical-grammar prompts, the five forms in turn (the world's one prompt-set generator)."""
+    from clipstudio.worlds.shapes.prompts import prompt_set
 
-    from clipstudio.worlds.shapes.captions import canonical_caption
-    from clipstudio.worlds.shapes.render import FORMS, sample_scene
-    rng = np.random.default_rng(seed)
-    return [canonical_caption(sample_scene(rng, FORMS[i % len(FORMS)])) for i in range(n)]
+    return prompt_set(n, seed)
 
 
 def to_uint8(images: torch.Tensor) -> list:
