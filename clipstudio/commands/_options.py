@@ -43,11 +43,11 @@ def _field_default(field: dataclasses.Field) -> Any:
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, helps: dict[str, str] | None = None,
                           flags: dict[str, str] | None = None, choices: dict[str, Any] | None = None,
-                          skip: tuple[str, ...] = ()) -> None:
+                          skip: tuple[str, ...] = (), types: dict[str, type] | None = None) -> None:
     """An option for every scalar or list field of ``cls``: ``--field-name`` (``flags`` renames one), typed
-    by the field's default, ``choices`` where given; list fields repeat (``--clip A --clip B``). Mapping
-    fields are left to the command, which knows their syntax."""
-    helps, flags, choices = helps or {}, flags or {}, choices or {}
+    by the field's default (or by ``types``, for fields whose default is None), ``choices`` where given; list
+    fields repeat (``--clip A --clip B``). Mapping fields are left to the command, which knows their syntax."""
+    helps, flags, choices, types = helps or {}, flags or {}, choices or {}, types or {}
     for field in dataclasses.fields(cls):
         default = _field_default(field)
         if field.name in skip or isinstance(default, dict):
@@ -64,6 +64,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, *, helps: 
             kwargs["action"] = "append"
         elif isinstance(default, (int, float)):
             kwargs["type"] = type(default)
+        elif field.name in types and types[field.name] is not str:
+            kwargs["type"] = types[field.name]
         parser.add_argument(flag, **kwargs)
 
 
@@ -71,3 +73,21 @@ def typed_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` a user typed on the command line."""
     given = vars(args)
     return {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``, the same option with the same default for every command that runs torch on the CPU."""
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (default: 0, torch's own choice)")
+
+
+def apply_threads(n: int) -> None:
+    """Set torch's CPU thread count from ``--threads`` (0: leave torch's default); negative is an error."""
+    from ..errors import ClipstudioError
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ClipstudioError(f"--threads must be 0 (torch's default) or a positive integer, got {n!r}")
+    if n:
+        import torch
+
+        torch.set_num_threads(n)

@@ -1,7 +1,132 @@
-"""``clipstudio diffuse``: sample the CFG diffusion backend."""
-from ._legacy import register_delegated
+"""``clipstudio diffuse``: sample a classifier-free-guidance diffusion model (a world's embedded model, or a
+Stable-Diffusion-style diffusers pipeline). Every output PNG records its full settings, so
+``clipstudio diffuse --from out.png -o again.png`` reruns it bit for bit (same device and library versions)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..diffusion.config import OPTIONAL_TYPES, DiffuseConfig
+from ..diffusion.sampling import SAMPLERS, list_samplers
+from ..errors import ClipstudioError
+from ._options import S, add_dataclass_options, add_threads_option, apply_threads, typed_settings
+
+# What `diffuse PROMPT` samples when the user names no --model and no --pipeline: the shapes world's model,
+# which works offline on a CPU.
+DEFAULT_MODEL = "shapes-diffusion"
+COMMAND = "diffuse"
+
+HELPS = {
+    "negative": "negative prompt (replaces the empty unconditional prompt)",
+    "guidance": "CFG weight w (None: the model's)",
+    "guidance_rescale": "phi in [0, 1]: rescale the guided prediction's std to the conditional one's "
+                        "(Lin et al. 2023; None: the model's)",
+    "steps": "sampling steps (None: the model's)",
+    "sampler": f"one of: {', '.join(list_samplers())} (None: the model's)",
+    "eta": "DDIM stochasticity",
+    "n": "images in the batch (OUT_0.png ... when more than one)",
+    "model": f"an embedded diffusion model (see 'clipstudio models'; None: {DEFAULT_MODEL})",
+    "pipeline": "a Stable-Diffusion-style pipeline directory or hub name, instead of --model",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "scale": "nearest-neighbour upscaling of the saved PNGs",
+}
 
 
-def register(sub):
-    register_delegated(sub, "diffuse", "sample the CFG diffusion backend (see 'diffuse --help')",
-                       {None: "clipstudio.diffusion.backend:main"})
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(COMMAND, help="sample the CFG diffusion backend")
+    parser.add_argument("prompt", nargs="?", default=S, help="the text prompt")
+    parser.add_argument("-o", "--output", default="diffuse.png", help="output PNG (written atomically)")
+    parser.add_argument("--from", dest="from_png", default=None,
+                        help="rerun the settings stored in a PNG that diffuse wrote (typed options override them)")
+    add_dataclass_options(parser, DiffuseConfig, helps=HELPS, skip=("prompt",), types=OPTIONAL_TYPES)
+    parser.add_argument("--list-samplers", action="store_true", help="list the samplers and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_option(parser)
+    parser.set_defaults(run=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """A --from PNG's settings, then each option the user typed."""
+    settings: dict[str, Any] = {}
+    if args.from_png:
+        settings.update(read_diffuse_settings(args.from_png))
+    settings.update(typed_settings(args, DiffuseConfig))
+    if "prompt" in vars(args):
+        settings["prompt"] = args.prompt
+    return settings
+
+
+def read_diffuse_settings(path: str) -> dict[str, Any]:
+    """The settings a diffuse PNG records; a PNG of another command is a one-line error."""
+    from ..images import read_png_settings
+
+    meta = read_png_settings(path)
+    if meta.get("command") != COMMAND:
+        raise ClipstudioError(f"{path} was not made by 'clipstudio diffuse' (try 'clipstudio generate --from')")
+    return dict(meta.get("settings") or {})
+
+
+def output_paths(output: str | Path, n: int) -> list[Path]:
+    """OUT for one image, OUT_0.png ... OUT_{n-1}.png for a batch."""
+    out = Path(output)
+    return [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(n)]
+
+
+def load_backend(config: DiffuseConfig):
+    """The CFG backend a config names: its pipeline, its embedded model, or the default model."""
+    from ..devices import resolve_device
+    from ..diffusion.backend import load_embedded_backend, load_sd_pipeline
+
+    device = str(resolve_device(config.device))
+    if config.pipeline:
+        return load_sd_pipeline(config.pipeline, device=device)
+    return load_embedded_backend(config.model or DEFAULT_MODEL, device=device)
+
+
+def resolve_defaults(config: DiffuseConfig, backend) -> DiffuseConfig:
+    """The config with every 'the model's default' made concrete, so the PNG records what ran."""
+    return config.replace(
+        guidance=float(backend.default_guidance if config.guidance is None else config.guidance),
+        guidance_rescale=float(backend.default_guidance_rescale if config.guidance_rescale is None
+                               else config.guidance_rescale),
+        steps=backend.default_steps if config.steps is None else config.steps,
+        sampler=config.sampler or backend.default_sampler,
+        model=None if config.pipeline else (config.model or DEFAULT_MODEL))
+
+
+def diffuse_images(config: DiffuseConfig, backend, progress: bool = False) -> list:
+    """PIL images for a resolved config (one per batch row), upscaled by ``config.scale``."""
+    from PIL import Image
+
+    from ..images import tensor_to_pil
+
+    images = backend.generate(config.prompt, negative=config.negative or None, guidance=config.guidance,
+                              steps=config.steps, seed=config.seed, n=config.n, sampler=config.sampler,
+                              eta=config.eta, guidance_rescale=config.guidance_rescale, progress=progress)
+    pils = [tensor_to_pil(image) for image in images]
+    if config.scale > 1:
+        pils = [im.resize((im.width * config.scale, im.height * config.scale), Image.NEAREST) for im in pils]
+    return pils
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_samplers:
+        for name, entry in SAMPLERS.items():
+            print(f"{name:12s} {entry.prediction:8s} {entry.scheduler:34s} {entry.about}")
+        return 0
+    from .._version import __version__
+    from ..images import check_writable, save_png
+
+    apply_threads(args.threads)
+    config = DiffuseConfig.from_dict(settings_from_args(args)).validate()      # before any work
+    paths = [check_writable(p) for p in output_paths(args.output, config.n)]
+    backend = load_backend(config)
+    config = resolve_defaults(config, backend).validate()
+    pils = diffuse_images(config, backend, progress=not args.quiet and sys.stderr.isatty())
+    for index, (image, path) in enumerate(zip(pils, paths)):
+        meta = {"version": __version__, "command": COMMAND, "settings": config.to_full_dict(), "index": index}
+        save_png(image, path, meta)
+        print(f"wrote {path}")
+    return 0

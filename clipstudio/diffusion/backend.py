@@ -9,33 +9,15 @@ diffusers is the ``[diffusion]`` extra, so it is imported inside functions only.
 """
 from __future__ import annotations
 
+import math
 import os
-from pathlib import Path as Path_
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from clipstudio.diffusion.sampling import bind_cond, cfg_model, check_steps
+from clipstudio.diffusion.sampling import bind_cond, cfg_model, check_steps, list_samplers, sampler_entry
 from clipstudio.errors import ClipstudioError, missing_extra
-
-# name -> (diffusers scheduler class, what the model must predict, extra kwargs for .step)
-SAMPLER_REGISTRY: dict[str, dict] = {
-    "ddpm": {"scheduler": "DDPMScheduler", "prediction": "epsilon",
-             "about": "ancestral DDPM (Ho et al. 2020)"},
-    "ddim": {"scheduler": "DDIMScheduler", "prediction": "epsilon",
-             "about": "DDIM with eta (Song et al. 2020); eta=0 deterministic"},
-    "euler": {"scheduler": "EulerDiscreteScheduler", "prediction": "epsilon",
-              "about": "Euler ODE on Karras sigmas (Karras et al. 2022)"},
-    "flow-euler": {"scheduler": "FlowMatchEulerDiscreteScheduler", "prediction": "flow",
-                   "about": "Euler on a flow-matching velocity (Lipman et al. 2022; Liu et al. 2022)"},
-}
-
-
-def list_samplers() -> list[str]:
-    """Names of the registered samplers."""
-    return list(SAMPLER_REGISTRY)
-
 
 def _diffusers(what: str):
     try:
@@ -51,17 +33,17 @@ def make_scheduler(sampler: str, num_train_timesteps: int = 1000, beta_schedule:
     """A fresh diffusers scheduler for a registered sampler name (config: a saved scheduler config to reuse)."""
     entry = sampler_entry(sampler)
     diffusers = _diffusers(f"the '{sampler}' sampler")
-    cls = getattr(diffusers, entry["scheduler"])
-    if entry["prediction"] == "flow":
+    cls = getattr(diffusers, entry.scheduler)
+    if entry.prediction == "flow":
         kw = {"num_train_timesteps": num_train_timesteps, "shift": shift}
     else:
         kw = {"num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
               "beta_start": beta_start, "beta_end": beta_end, "prediction_type": "epsilon"}
-        if entry["scheduler"] in ("DDPMScheduler", "DDIMScheduler"):
+        if entry.scheduler in ("DDPMScheduler", "DDIMScheduler"):
             kw["clip_sample"] = False
-        if entry["scheduler"] == "EulerDiscreteScheduler":
+        if entry.scheduler == "EulerDiscreteScheduler":
             kw["use_karras_sigmas"] = True
-        if entry["scheduler"] == "DDIMScheduler":
+        if entry.scheduler == "DDIMScheduler":
             kw["set_alpha_to_one"] = True
             kw["timestep_spacing"] = "trailing"
     if config:
@@ -69,14 +51,6 @@ def make_scheduler(sampler: str, num_train_timesteps: int = 1000, beta_schedule:
         keep.update({k: v for k, v in kw.items() if k not in keep})
         kw = keep
     return cls.from_config(kw)
-
-
-def sampler_entry(name: str) -> dict:
-    """The registry entry for a sampler name, or a one-line ClipstudioError."""
-    try:
-        return SAMPLER_REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ClipstudioError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLER_REGISTRY)}") from None
 
 
 # --------------------------------------------------------------------------- text encoders
@@ -215,9 +189,9 @@ class CFGBackend:
         """
         sampler = sampler or self.default_sampler
         entry = sampler_entry(sampler)
-        if entry["prediction"] != self.family:
+        if entry.prediction != self.family:
             raise ClipstudioError(
-                f"sampler '{sampler}' is for {entry['prediction']} models, this model predicts {self.prediction}; "
+                f"sampler '{sampler}' is for {entry.prediction} models, this model predicts {self.prediction}; "
                 f"use one of: {', '.join(self.samplers())}")
         steps = self.default_steps if steps is None else steps
         check_steps(steps)
@@ -230,10 +204,10 @@ class CFGBackend:
             raise ClipstudioError(f"prompt must be a string, got {type(prompt).__name__}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ClipstudioError(f"n must be a positive integer, got {n!r}")
-        if not float(guidance) >= 0:
-            raise ClipstudioError(f"guidance must be >= 0, got {guidance}")
-        if eta < 0:
-            raise ClipstudioError(f"eta must be >= 0, got {eta}")
+        if not math.isfinite(float(guidance)) or guidance < 0:
+            raise ClipstudioError(f"guidance must be a finite number >= 0, got {guidance}")
+        if not math.isfinite(float(eta)) or eta < 0:
+            raise ClipstudioError(f"eta must be a finite number >= 0, got {eta}")
         rescale = self.default_guidance_rescale if guidance_rescale is None else guidance_rescale
         if not 0 <= float(rescale) <= 1:
             raise ClipstudioError(f"guidance rescale must be in [0, 1], got {rescale}")
@@ -257,7 +231,7 @@ class CFGBackend:
 
     def samplers(self) -> list[str]:
         """The registered samplers that fit this model's prediction type."""
-        return [k for k, v in SAMPLER_REGISTRY.items() if v["prediction"] == self.family]
+        return list_samplers(self.family)
 
 
 def to_pil(images: torch.Tensor) -> list:
@@ -324,78 +298,21 @@ def load_sd_pipeline(name_or_path: str, device: str = "cpu", dtype: torch.dtype 
                       default_guidance=default_guidance)
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- embedded models of worlds
 
-DEFAULT_MODEL = "shapes-diffusion"  # moves to the diffuse command with the parser
-
-
-def load_embedded_backend(name: str, device: str = "cpu") -> "CFGBackend":
-    """An embedded diffusion model of a world (see :mod:`clipstudio.embedded`), loaded by its world's loader."""
+def load_embedded_backend(name: str, device: str = "cpu") -> CFGBackend:
+    """An embedded diffusion model of a world (see :mod:`clipstudio.embedded`), loaded by the ``module:function``
+    its world.json names (so the core never imports a world by name)."""
     import importlib
 
     from clipstudio import embedded
 
     model = embedded.embedded_model(name, "diffusion")
-    if not model.loader:
-        raise ClipstudioError(f"the embedded model '{name}' names no loader in its world.json")
+    if not model.loader or model.loader.count(":") != 1:
+        raise ClipstudioError(f"the embedded model '{name}' names no loader 'module:function' in its world.json")
     module_name, func_name = model.loader.split(":")
-    return getattr(importlib.import_module(module_name), func_name)(model.checkpoint, device=device)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`clipstudio diffuse PROMPT -o out.png [--negative TEXT] [--guidance W] [--steps N] [--seed S] [--n K]
-    [--sampler NAME] [--eta E] [--pipeline DIR|HUB_NAME] [--scale F]`: sample the CFG backend."""
-    import argparse
-    import sys
-    ap = argparse.ArgumentParser(prog="clipstudio diffuse",
-                                 description="Sample the classifier-free-guidance diffusion backend.")
-    ap.add_argument("prompt", nargs="?", default=None)
-    ap.add_argument("-o", "--output", default="diffuse.png", help="PNG; with --n K > 1: NAME_0.png ... NAME_K-1.png")
-    ap.add_argument("--negative", default=None, help="negative prompt (replaces the empty unconditional prompt)")
-    ap.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
-    ap.add_argument("--guidance-rescale", type=float, default=None,
-                    help="phi in [0, 1]: rescale the guided prediction's std to the conditional one's "
-                         "(Lin et al. 2023; default: the model's)")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=1, help="images in the batch")
-    ap.add_argument("--sampler", default=None, help=f"one of: {', '.join(SAMPLER_REGISTRY)}")
-    ap.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity")
-    ap.add_argument("--pipeline", default=None,
-                    help="Stable-Diffusion-style pipeline directory or hub name (default: the embedded shapes model)")
-    ap.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling of the saved PNG")
-    ap.add_argument("--list-samplers", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.list_samplers:
-        for k, v in SAMPLER_REGISTRY.items():
-            print(f"{k:12s} {v['scheduler']:34s} {v['about']}")
-        return 0
-    if not args.prompt:
-        raise ClipstudioError("diffuse needs a prompt")
-    if args.scale < 1:
-        raise ClipstudioError(f"--scale must be >= 1, got {args.scale}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.pipeline:
-        be = load_sd_pipeline(args.pipeline)
-    else:
-        be = load_embedded_backend(DEFAULT_MODEL)
-    images = be.generate(args.prompt, negative=args.negative, guidance=args.guidance, steps=args.steps,
-                         guidance_rescale=args.guidance_rescale,
-                         seed=args.seed, n=args.n, sampler=args.sampler, eta=args.eta,
-                         progress=sys.stderr.isatty())
-    pils = to_pil(images)
-    out = Path_(args.output)
-    paths = [out] if len(pils) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}")
-                                          for i in range(len(pils))]
-    for im, p in zip(pils, paths):
-        if args.scale > 1:
-            from PIL import Image
-            im = im.resize((im.width * args.scale, im.height * args.scale), Image.NEAREST)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        im.save(tmp, format="PNG")
-        os.replace(tmp, p)
-        print(f"wrote {p}")
-    return 0
+    try:
+        loader = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError):
+        raise ClipstudioError(f"the loader '{model.loader}' of the embedded model '{name}' cannot be imported") from None
+    return loader(model.checkpoint, device=device)

@@ -313,20 +313,43 @@ def sample_flow_euler(model_fn: ModelFn, x: torch.Tensor, steps: int, schedule: 
     return x
 
 
-SAMPLERS: dict[str, Callable] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "euler": sample_euler,
-    "flow-euler": sample_flow_euler,
+@dataclass(frozen=True)
+class Sampler:
+    """One registered sampler: the pure function of this module, the diffusers scheduler class the CFG backend
+    steps with, and the model family it needs ('epsilon': DDPM-family eps or v prediction; 'flow': velocity)."""
+    fn: Callable
+    scheduler: str
+    prediction: str
+    about: str
+
+
+# The one sampler registry: the pure samplers (spiral demo, tests) and the diffusers backend both read it.
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(sample_ddpm, "DDPMScheduler", "epsilon", "ancestral DDPM (Ho et al. 2020)"),
+    "ddim": Sampler(sample_ddim, "DDIMScheduler", "epsilon", "DDIM with eta (Song et al. 2020); eta=0 deterministic"),
+    "euler": Sampler(sample_euler, "EulerDiscreteScheduler", "epsilon",
+                     "Euler ODE on Karras sigmas (Karras et al. 2022)"),
+    "flow-euler": Sampler(sample_flow_euler, "FlowMatchEulerDiscreteScheduler", "flow",
+                          "Euler on a flow-matching velocity (Lipman et al. 2022; Liu et al. 2022)"),
 }
+
+
+def list_samplers(prediction: Optional[str] = None) -> list[str]:
+    """Names of the registered samplers (only those for one model family, if given)."""
+    return [name for name, entry in SAMPLERS.items() if prediction in (None, entry.prediction)]
+
+
+def sampler_entry(name: str) -> Sampler:
+    """The registry entry for a sampler name, or a one-line ClipstudioError."""
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise ClipstudioError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}") from None
 
 
 def get_sampler(name: str) -> Callable:
     """The sampler function registered under `name`, or a one-line ClipstudioError."""
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ClipstudioError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}") from None
+    return sampler_entry(name).fn
 
 
 # --------------------------------------------------------------------------- helpers
