@@ -46,7 +46,7 @@ def parts():
 
 def backend_for(parts, sampler):
     unet, enc = parts
-    pred = B.SAMPLER_REGISTRY[sampler]["prediction"]
+    pred = S.SAMPLERS[sampler].prediction
     return B.CFGBackend(unet=unet, text_encoder=enc, prediction=pred, default_steps=4, default_guidance=3.0)
 
 
@@ -225,7 +225,7 @@ def test_samplers_recover_gaussian_with_exact_eps(name):
     sched = S.DiffusionSchedule.linear(1000)
     mu, s = torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5
     g = torch.Generator().manual_seed(0)
-    x = S.SAMPLERS[name](_gauss_eps(sched, mu, s), torch.randn(20000, 2, generator=g, dtype=torch.float64),
+    x = S.get_sampler(name)(_gauss_eps(sched, mu, s), torch.randn(20000, 2, generator=g, dtype=torch.float64),
                          200, sched, generator=g)
     assert torch.allclose(x.mean(0), mu, atol=0.03)
     assert abs(float(x.std(0).mean()) - s) < 0.03
@@ -275,7 +275,8 @@ def test_karras_sigmas_endpoints():
 def test_pure_sampler_bad_input():
     sched = S.DiffusionSchedule.linear(100)
     f = lambda x, t: torch.zeros_like(x)  # noqa: E731
-    for name, fn in S.SAMPLERS.items():
+    for name in S.list_samplers():
+        fn = S.get_sampler(name)
         sch = S.FlowSchedule() if name == "flow-euler" else sched
         with pytest.raises(ClipstudioError, match="steps"):
             fn(f, torch.zeros(2, 2), 0, sch)
@@ -312,10 +313,22 @@ def test_v_prediction_models_use_the_diffusion_samplers(parts, sampler):
         be.generate("a red circle", sampler="flow-euler", steps=2)
 
 
-def test_cli_main_errors_and_listing(capsys, tmp_path):
-    assert B.main(["--list-samplers"]) == 0
-    assert "flow-euler" in capsys.readouterr().out
-    with pytest.raises(ClipstudioError, match="needs a prompt"):
-        B.main([])
-    with pytest.raises(ClipstudioError, match="model_index.json"):
-        B.main(["a red circle", "--pipeline", str(tmp_path)])
+def test_one_sampler_registry_feeds_the_backend_and_the_pure_samplers(parts, monkeypatch):
+    """A sampler registered once in sampling.SAMPLERS is listed, stepped by the backend and callable as a pure
+    function: no second list to keep in step."""
+    monkeypatch.setitem(S.SAMPLERS, "ddim-copy", S.Sampler(S.sample_ddim, "DDIMScheduler", "epsilon", "test"))
+    be = backend_for(parts, "ddim")
+    assert "ddim-copy" in be.samplers() and "ddim-copy" in B.list_samplers("epsilon")
+    assert "ddim-copy" not in S.list_samplers("flow")
+    assert type(B.make_scheduler("ddim-copy")).__name__ == "DDIMScheduler"
+    assert S.get_sampler("ddim-copy") is S.sample_ddim
+    torch.testing.assert_close(be.generate("a red circle", sampler="ddim-copy", steps=3, seed=2),
+                               be.generate("a red circle", sampler="ddim", steps=3, seed=2))
+
+
+def test_backend_refuses_non_finite_guidance_and_eta(parts):
+    be = backend_for(parts, "ddim")
+    with pytest.raises(ClipstudioError, match="guidance must be a finite"):
+        be.generate("x", guidance=float("inf"), steps=2)
+    with pytest.raises(ClipstudioError, match="eta must be a finite"):
+        be.generate("x", eta=float("nan"), steps=2)
