@@ -74,26 +74,9 @@ def output_paths(output: str | Path, n: int) -> list[Path]:
     return [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}") for i in range(n)]
 
 
-def load_backend(config: DiffuseConfig):
-    """The CFG backend a config names: its pipeline, its embedded model, or the default model."""
-    from ..devices import resolve_device
-    from ..diffusion.backend import load_embedded_backend, load_sd_pipeline
-
-    device = str(resolve_device(config.device))
-    if config.pipeline:
-        return load_sd_pipeline(config.pipeline, device=device)
-    return load_embedded_backend(config.model or DEFAULT_MODEL, device=device)
-
-
-def resolve_defaults(config: DiffuseConfig, backend) -> DiffuseConfig:
-    """The config with every 'the model's default' made concrete, so the PNG records what ran."""
-    return config.replace(
-        guidance=float(backend.default_guidance if config.guidance is None else config.guidance),
-        guidance_rescale=float(backend.default_guidance_rescale if config.guidance_rescale is None
-                               else config.guidance_rescale),
-        steps=backend.default_steps if config.steps is None else config.steps,
-        sampler=config.sampler or backend.default_sampler,
-        model=None if config.pipeline else (config.model or DEFAULT_MODEL))
+def with_default_model(config: DiffuseConfig) -> DiffuseConfig:
+    """The config with the command's default model when it names neither a model nor a pipeline."""
+    return config if config.model or config.pipeline else config.replace(model=DEFAULT_MODEL)
 
 
 def diffuse_images(config: DiffuseConfig, backend, progress: bool = False) -> list:
@@ -102,9 +85,9 @@ def diffuse_images(config: DiffuseConfig, backend, progress: bool = False) -> li
 
     from ..images import tensor_to_pil
 
-    images = backend.generate(config.prompt, negative=config.negative or None, guidance=config.guidance,
-                              steps=config.steps, seed=config.seed, n=config.n, sampler=config.sampler,
-                              eta=config.eta, guidance_rescale=config.guidance_rescale, progress=progress)
+    from ..diffusion.backend import sample_config
+
+    images = sample_config(config, backend, progress)
     pils = [tensor_to_pil(image) for image in images]
     if config.scale > 1:
         pils = [im.resize((im.width * config.scale, im.height * config.scale), Image.NEAREST) for im in pils]
@@ -120,10 +103,12 @@ def run(args: argparse.Namespace) -> int:
     from ..images import check_writable, save_png
 
     apply_threads(args.threads)
-    config = DiffuseConfig.from_dict(settings_from_args(args)).validate()      # before any work
+    from ..diffusion.backend import load_config_backend, resolve_model_defaults
+
+    config = with_default_model(DiffuseConfig.from_dict(settings_from_args(args))).validate()  # before any work
     paths = [check_writable(p) for p in output_paths(args.output, config.n)]
-    backend = load_backend(config)
-    config = resolve_defaults(config, backend).validate()
+    backend = load_config_backend(config)
+    config = resolve_model_defaults(config, backend).validate()
     pils = diffuse_images(config, backend, progress=not args.quiet and sys.stderr.isatty())
     for index, (image, path) in enumerate(zip(pils, paths)):
         meta = {"version": __version__, "command": COMMAND, "settings": config.to_full_dict(), "index": index}

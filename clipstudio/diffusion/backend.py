@@ -316,3 +316,35 @@ def load_embedded_backend(name: str, device: str = "cpu") -> CFGBackend:
     except (ImportError, AttributeError):
         raise ClipstudioError(f"the loader '{model.loader}' of the embedded model '{name}' cannot be imported") from None
     return loader(model.checkpoint, device=device)
+
+
+# --------------------------------------------------------------------------- a DiffuseConfig's model and images
+
+def load_config_backend(config) -> CFGBackend:
+    """The CFG backend a :class:`~clipstudio.diffusion.config.DiffuseConfig` names: its pipeline or its embedded
+    model (the command boundary fills in a default model; the core has none)."""
+    from clipstudio.devices import resolve_device
+
+    device = str(resolve_device(config.device))
+    if config.pipeline:
+        return load_sd_pipeline(config.pipeline, device=device)
+    if not config.model:
+        raise ClipstudioError("name an embedded diffusion --model or a --pipeline")
+    return load_embedded_backend(config.model, device=device)
+
+
+def resolve_model_defaults(config, backend: CFGBackend):
+    """The config with every 'the model's default' (None) made concrete, so that an output records what ran."""
+    return config.replace(
+        guidance=float(backend.default_guidance if config.guidance is None else config.guidance),
+        guidance_rescale=float(backend.default_guidance_rescale if config.guidance_rescale is None
+                               else config.guidance_rescale),
+        steps=backend.default_steps if config.steps is None else config.steps,
+        sampler=config.sampler or backend.default_sampler)
+
+
+def sample_config(config, backend: CFGBackend, progress: bool = False) -> torch.Tensor:
+    """The n x 3 x H x W images in [0, 1] of a config, sampled with ``backend``."""
+    return backend.generate(config.prompt, negative=config.negative or None, guidance=config.guidance,
+                            steps=config.steps, seed=config.seed, n=config.n, sampler=config.sampler,
+                            eta=config.eta, guidance_rescale=config.guidance_rescale, progress=progress)
