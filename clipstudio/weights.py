@@ -305,3 +305,12 @@ __all__ = [
     "VQGAN_MODELS", "WEIGHTS", "WeightsEntry", "cache_dir", "fetch", "fetch_group", "fetch_url_list",
     "find_local", "get_entry", "is_offline", "list_weights", "open_clip_entry", "weights_folder",
 ]
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (the one file-hash helper of the package)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

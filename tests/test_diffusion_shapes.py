@@ -12,6 +12,19 @@ pytest.importorskip("open_clip")
 from clipstudio.worlds.shapes import diffusion_model as SM  # noqa: E402
 from clipstudio.errors import ClipstudioError  # noqa: E402
 from clipstudio.train import diffusion_train as DT  # noqa: E402
+from clipstudio.cli import main as cli_main  # noqa: E402
+
+
+def train_cli(argv):
+    """``clipstudio train diffusion ARGV``; a failure's one-line error is raised as ClipstudioError."""
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli_main(["train", "diffusion", *argv])
+    if code == 2:
+        raise ClipstudioError(err.getvalue().strip())
+    assert code == 0, err.getvalue()
 
 torch.set_num_threads(1)
 
@@ -57,7 +70,7 @@ def test_make_batch_is_seeded_and_drops_captions():
 def tiny_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     out, state = str(d / "m.pt"), str(d / "m.state")
-    DT.main(["--space", "pixel", "--steps", "5", "--stop-after", "3", "--batch", "4", "--save-every", "2",
+    train_cli(["--space", "pixel", "--steps", "5", "--stop-after", "3", "--batch", "4", "--save-every", "2",
              "--out", out, "--state", state, "--guide", str(d / "no-guide.pt"), "--no-progress"])
     return d, out, state
 
@@ -65,16 +78,17 @@ def tiny_run(tmp_path_factory):
 def test_train_writes_checkpoint_sidecar_and_resumes_exactly(tiny_run):
     d, out, state = tiny_run
     meta = json.loads(open(out[:-3] + ".json").read())
-    assert meta["step"] == 3 and "--steps 5" in meta["command"] and meta["config"]["p_uncond"] == 0.15
+    assert meta["step"] == 3 and meta["config"]["p_uncond"] == 0.15
+    assert meta["command"].startswith("clipstudio train diffusion ") and "--steps 5" in meta["command"]
     assert os.path.getsize(out) < 12e6
     # stopped at 3 of 5, then resumed to 5 == 5 steps straight
-    DT.main(["--space", "pixel", "--steps", "5", "--batch", "4", "--out", out, "--state", state, "--resume",
+    train_cli(["--space", "pixel", "--steps", "5", "--batch", "4", "--out", out, "--state", state, "--resume",
              "--no-progress", "--guide", str(d / "no-guide.pt")])
     straight = str(d / "s.pt")
-    DT.main(["--space", "pixel", "--steps", "5", "--batch", "4", "--out", straight, "--state", str(d / "s.state"),
+    train_cli(["--space", "pixel", "--steps", "5", "--batch", "4", "--out", straight, "--state", str(d / "s.state"),
              "--no-progress", "--guide", str(d / "no-guide.pt")])
-    a = torch.load(state, weights_only=False)
-    b = torch.load(str(d / "s.state"), weights_only=False)
+    a = torch.load(state, weights_only=True)
+    b = torch.load(str(d / "s.state"), weights_only=True)
     assert a["step"] == b["step"] == 5
     for k in a["unet"]:
         torch.testing.assert_close(a["unet"][k], b["unet"][k], atol=1e-5, rtol=1e-4)
@@ -89,8 +103,11 @@ def test_load_backend_and_generate(tiny_run):
     assert torch.equal(img, again)
     many = be.generate(["a red circle on a blue background", "a green square on a black background"], steps=2)
     assert many.shape == (2, 3, 32, 32)
-    r = SM.check_pass_rate(be, SM.canonical_prompts(5), steps=2, batch=5)
-    assert 0 <= r["rate"] <= 1 and r["n"] == 5
+    from clipstudio.worlds.shapes.check import check_image
+    prompts = SM.canonical_prompts(5)
+    r = SM.check_pass_rate(be, prompts, steps=2, batch=5)
+    images = SM.to_uint8(be.generate(prompts, steps=2, seed=0))
+    assert r["n"] == 5 and r["rate"] == sum(check_image(im, p).passed for im, p in zip(images, prompts)) / 5
 
 
 def test_bad_checkpoints_and_arguments(tmp_path, monkeypatch):
@@ -101,15 +118,64 @@ def test_bad_checkpoints_and_arguments(tmp_path, monkeypatch):
     with pytest.raises(ClipstudioError, match="could not load"):
         SM.load_shapes_backend(bad)
     with pytest.raises(ClipstudioError, match="steps"):
-        DT.main(["--steps", "0", "--out", str(tmp_path / "x.pt")])
+        train_cli(["--steps", "0", "--out", str(tmp_path / "x.pt")])
     with pytest.raises(ClipstudioError, match="p-uncond"):
-        DT.main(["--p-uncond", "1.5", "--out", str(tmp_path / "x.pt")])
+        train_cli(["--p-uncond", "1.5", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(ClipstudioError, match="lr must be a finite"):
+        train_cli(["--lr", "nan", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(ClipstudioError, match="min-snr"):
+        DT.train(DT.DiffusionTrainConfig(min_snr=float("inf"), out=str(tmp_path / "x.pt")))
+    assert not (tmp_path / "x.pt").exists()
     with pytest.raises(ClipstudioError, match="dataset"):
-        DT.main(["--dataset", "0", "--out", str(tmp_path / "x.pt")])
+        train_cli(["--dataset", "0", "--out", str(tmp_path / "x.pt")])
     monkeypatch.setenv("CLIPSTUDIO_OFFLINE", "1")
     monkeypatch.setenv("CLIPSTUDIO_HOME", str(tmp_path / "home"))
     with pytest.raises(ClipstudioError, match="not found offline: put taef2_encoder.pth"):
-        DT.main(["--weights-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "x.pt")])
+        train_cli(["--weights-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "x.pt")])
+
+
+def test_training_defaults_live_once_in_the_config():
+    """The command's options show the dataclass defaults, and a run with no options trains with them."""
+    import argparse
+
+    from clipstudio.commands import train_diffusion
+    sub = argparse.ArgumentParser().add_subparsers()
+    train_diffusion.register(sub)
+    parser = sub.choices["diffusion"]
+    assert vars(parser.parse_args([])) == {"no_progress": False, "threads": 0, "run": train_diffusion.run}
+    shown = parser.format_help()
+    assert "default: 4000" in shown and "default: 0.0005" in shown
+    config = DT.DiffusionTrainConfig(**{"steps": 7})
+    assert config.batch == 32 and config.space == "taef2" and config.to_dict() == {"steps": 7}
+
+
+def test_evaluate_reports_every_figure(tiny_run):
+    _, out, _ = tiny_run
+    be = SM.load_shapes_backend(out)
+    lines = []
+    r = SM.evaluate(be, prompts=2, sweep=[0.0, 2.0], sweep_prompts=2, negative_seeds=2, steps=2, log=lines.append)
+    assert r["pass_rate"]["n"] == 2 and list(r["sweep"]) == [0.0, 2.0] and r["negative"]["n"] == 2
+    assert r["guidance"] == be.default_guidance and len(lines) == 4
+
+
+def test_eval_command_writes_figures(tiny_run, tmp_path, capsys):
+    _, out, _ = tiny_run
+    figures = tmp_path / "f.json"
+    code = cli_main(["eval", "diffusion", "--checkpoint", out, "--prompts", "2", "--sweep", "", "--negative-seeds", "0",
+                     "--steps", "2", "--threads", "1", "--json", str(figures)])
+    assert code == 0 and "check pass rate at w=3.0" in capsys.readouterr().out
+    data = json.loads(figures.read_text())
+    assert data["model"] == out and data["pass_rate"]["n"] == 2 and "sweep" not in data
+
+
+@pytest.mark.parametrize("argv,message", [(["--sweep", "1,inf"], "--sweep weights must be finite"),
+                                          (["--guidance", "nan"], "--guidance must be a finite"),
+                                          (["--steps", "0"], "--steps must be a positive"),
+                                          (["--prompts", "-1"], "--prompts must be 0 or more")])
+def test_eval_command_bad_input(argv, message, capsys):
+    assert cli_main(["eval", "diffusion", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
 
 
 def test_object_colour_and_prompts():
@@ -131,7 +197,7 @@ def tiny_latent_run(tmp_path_factory):
     out, state = str(d / "m.pt"), str(d / "m.state")
     args = ["--space", "taef2", "--dataset", "24", "--batch", "4", "--save-every", "2", "--out", out,
             "--state", state, "--guide", str(d / "no-guide.pt"), "--weights-dir", str(tae), "--no-progress"]
-    DT.main(args + ["--steps", "4", "--stop-after", "2"])
+    train_cli(args + ["--steps", "4", "--stop-after", "2"])
     return d, out, state, args
 
 
@@ -147,9 +213,9 @@ def test_latent_dataset_is_seeded_and_cached(tiny_latent_run):
     assert torch.equal(z1, z2) and c1 == c2 and z1.shape == (6, SM.LATENT_CHANNELS, 8, 8)
     # resuming reuses the cache (same fingerprint) instead of encoding again
     before = os.path.getmtime(state + ".latents")
-    DT.main(args + ["--steps", "4", "--resume"])
+    train_cli(args + ["--steps", "4", "--resume"])
     assert os.path.getmtime(state + ".latents") == before
-    assert torch.load(state, weights_only=False)["step"] == 4
+    assert torch.load(state, weights_only=True)["step"] == 4
 
 
 def test_latent_checkpoint_generates_64px_images(tiny_latent_run):
@@ -167,7 +233,7 @@ def test_latent_checkpoint_generates_64px_images(tiny_latent_run):
 def test_latent_resume_refuses_another_space(tiny_latent_run):
     _, _, _, args = tiny_latent_run
     with pytest.raises(ClipstudioError, match="space taef2"):
-        DT.main([a if a != "taef2" else "pixel" for a in args] + ["--steps", "4", "--resume"])
+        train_cli([a if a != "taef2" else "pixel" for a in args] + ["--steps", "4", "--resume"])
 
 
 def test_corrupt_latent_checkpoint_is_one_line(tiny_latent_run, tmp_path):

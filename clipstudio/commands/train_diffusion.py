@@ -1,6 +1,60 @@
-"""``clipstudio train diffusion`` (its parser still lives with its code; being moved here)."""
-from ._legacy import register_delegated
+"""``clipstudio train diffusion``: train (or resume) the shapes world's text-to-image diffusion model. Every
+option derives from :class:`clipstudio.train.diffusion_train.DiffusionTrainConfig`, where its default lives."""
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from ._options import add_dataclass_options, add_threads_option, apply_threads, typed_settings
+
+HELPS = {
+    "out": "the shippable checkpoint (a .json sidecar beside it records command, config and progress)",
+    "state": "full training state for --resume (None: OUT.state)",
+    "resume": "continue from --state if it exists",
+    "p_uncond": "caption dropout rate (CFG)",
+    "p_partial": "share of one-object captions that leave the colour free or name only it",
+    "guide": "guide CLIP checkpoint whose text tower conditions the UNet (None: the shipped shapes-guide)",
+    "max_minutes": "stop (and save) after this much training",
+    "stop_after": "stop (and save) at this step; --resume later",
+    "min_snr": "min-SNR-gamma loss weighting (Hang et al. 2023); None: the plain DDPM loss",
+    "space": "taef2: 64 px images as 8x8x32 TAEF2 latents; pixel: 32 px pixels",
+    "dataset": "scenes pre-encoded to TAEF2 latents",
+    "latents": "cache of the encoded dataset (None: STATE.latents)",
+    "weights_dir": "folder holding taef2_encoder.pth / taef2_decoder.pth",
+    "default_guidance": "guidance weight stored as the model's default",
+}
 
 
-def register(sub):
-    register_delegated(sub, "diffusion", "see 'train diffusion --help'", {None: "clipstudio.train.diffusion_train:main"})
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..train.diffusion_train import SPACES, TRAIN_OPTIONAL_TYPES, DiffusionTrainConfig
+
+    parser = sub.add_parser("diffusion", help="train the shapes world's CFG diffusion model",
+                            description="Train (or resume) the shapes world's text-to-image diffusion model.")
+    add_dataclass_options(parser, DiffusionTrainConfig, helps=HELPS, choices={"space": SPACES},
+                          types=TRAIN_OPTIONAL_TYPES)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_option(parser)
+    parser.set_defaults(run=run)
+
+
+def command_line(settings: dict) -> str:
+    """The command that reruns these settings (recorded in the checkpoint's sidecar)."""
+    words = ["clipstudio", "train", "diffusion"]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.diffusion_train import DiffusionTrainConfig, train
+
+    apply_threads(args.threads)
+    config = DiffusionTrainConfig(**typed_settings(args, DiffusionTrainConfig)).validate()
+    summary = train(config, progress=not args.no_progress, command=command_line(typed_settings(args, DiffusionTrainConfig)))
+    print(f"saved {config.out} at step {summary['step']} ({summary['train_seconds']:.0f} s, "
+          f"loss {summary['last_loss']:.4f})")
+    return 0

@@ -11,44 +11,99 @@ An EMA of the weights is what ships. Checkpoints are written atomically every ``
 the full training state to ``--state`` (for ``--resume``) and the small shippable model to ``--out``
 with a ``.json`` sidecar holding the command, config and progress.
 
-    python -m clipstudio.train.diffusion_train --space taef2 --steps 6500 --batch 128 --lr 1e-3 --seed 0 \\
-        --out clipstudio/assets/shapes-diffusion.pt --state runs/shapes-diffusion.state --resume
-    (the shipped model's exact command is in clipstudio/assets/shapes-diffusion.json)
+    clipstudio train diffusion --space taef2 --steps 6500 --batch 128 --lr 1e-3 --seed 0 \\
+        --out shapes-diffusion.pt --state runs/shapes-diffusion.state --resume
+    (the shipped model's exact command is in clipstudio/worlds/shapes/assets/shapes-diffusion.json)
+
+The settings live once, in :class:`DiffusionTrainConfig`; the command derives its options from it.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import math
 import os
-import shlex
 import sys
 import time
+import dataclasses
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
+from clipstudio import weights
 from clipstudio.errors import ClipstudioError
+from clipstudio.images import atomic_torch_save, atomic_write
 from clipstudio.schedules import lr_factor
-from clipstudio.images import atomic_torch_save
 
 SPACES = ("taef2", "pixel")
 FORM_WEIGHTS = {"plain": 0.18, "sized": 0.18, "positioned": 0.2, "left_of": 0.22, "above": 0.22}
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside ``path``, then os.replace (never a torn file)."""
-    atomic_torch_save(obj, path)
+@dataclass
+class DiffusionTrainConfig:
+    """Every setting of a shapes-diffusion training run, with its default (the command's options derive from it).
+
+    ``state`` defaults to OUT.state and ``latents`` to STATE.latents; ``guide`` to the shipped shapes-guide
+    (a seeded random text tower when that file is missing); ``weights_dir`` holds taef2_encoder.pth and
+    taef2_decoder.pth for offline use; ``min_snr`` is min-SNR-gamma weighting (Hang et al. 2023), None the plain
+    DDPM loss; ``max_minutes`` and ``stop_after`` stop (and save) early, to be continued with ``resume``.
+    """
+    steps: int = 4000
+    batch: int = 32
+    lr: float = 5e-4
+    seed: int = 0
+    out: str = "shapes-diffusion.pt"
+    state: Optional[str] = None
+    resume: bool = False
+    save_every: int = 100
+    p_uncond: float = 0.15
+    p_partial: float = 0.15
+    ema_decay: float = 0.999
+    guide: Optional[str] = None
+    max_minutes: Optional[float] = None
+    stop_after: Optional[int] = None
+    min_snr: Optional[float] = None
+    space: str = "taef2"
+    dataset: int = 40000
+    latents: Optional[str] = None
+    weights_dir: Optional[str] = None
+    default_guidance: float = 3.0
+
+    def validate(self) -> DiffusionTrainConfig:
+        """Check ranges; each problem is one line of error, raised before any work."""
+        for name in ("steps", "batch", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ClipstudioError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "default_guidance", "ema_decay", "p_uncond", "p_partial"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise ClipstudioError(f"--{name.replace('_', '-')} must be a finite number "
+                                      f"{'> 0' if name == 'lr' else '>= 0'}, got {value}")
+        if not self.p_uncond < 1 or not self.p_partial <= 1 or not self.ema_decay < 1:
+            raise ClipstudioError(f"--p-uncond and --ema-decay must be below 1 and --p-partial at most 1, got "
+                                  f"{self.p_uncond}, {self.ema_decay} and {self.p_partial}")
+        if self.space not in SPACES:
+            raise ClipstudioError(f"unknown --space '{self.space}'; choose one of: {', '.join(SPACES)}")
+        if self.space != "pixel" and self.dataset <= 0:
+            raise ClipstudioError(f"--dataset must be positive, got {self.dataset}")
+        for name in ("max_minutes", "stop_after", "min_snr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ClipstudioError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        return self
+
+    def to_dict(self) -> dict:
+        """Only the settings that differ from the defaults."""
+        defaults = DiffusionTrainConfig()
+        return {k: v for k, v in dataclasses.asdict(self).items() if v != getattr(defaults, k)}
 
 
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# The type of each field whose default is None (for the command's options).
+TRAIN_OPTIONAL_TYPES = {"state": str, "guide": str, "max_minutes": float, "stop_after": int, "min_snr": float,
+                        "latents": str, "weights_dir": str}
 
 
 def training_caption(rng: np.random.Generator, scene, p_uncond: float, p_partial: float) -> str:
@@ -126,7 +181,7 @@ def encode_dataset(scenes: Sequence, encoder: torch.nn.Module, path: str | os.Pa
             parts.append(encoder(images).float().half())
         bar.update(len(images))
         if (k + 1) % save_every == 0 or i + chunk >= len(scenes):
-            atomic_save({"fingerprint": fingerprint, "latents": torch.cat(parts)}, path)
+            atomic_torch_save({"fingerprint": fingerprint, "latents": torch.cat(parts)}, path)
     bar.close()
     return torch.cat(parts)
 
@@ -164,37 +219,27 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * lr_factor("cosine", step, total, warmup, floor=0.1)
 
 
-def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optional[str] = None,
-          resume: bool = False, save_every: int = 100, p_uncond: float = 0.15, ema_decay: float = 0.999,
-          guide: Optional[str] = None, threads: Optional[int] = None, progress: bool = True,
-          command: Optional[str] = None, max_minutes: Optional[float] = None,
-          stop_after: Optional[int] = None, min_snr: Optional[float] = None, p_partial: float = 0.15,
-          space: str = "taef2", dataset: int = 40000, latents_path: Optional[str] = None,
-          weights_dir: Optional[str] = None, default_guidance: float = 3.0) -> dict:
+# train() is one long function on purpose: the loop, its checkpoint closure and the resume path share the model,
+# optimizer, EMA and progress, and reading it top to bottom is how a resumed run is checked to match a straight one.
+def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optional[str] = None) -> dict:
     """Train (or resume) the shapes diffusion model; returns a summary dict."""
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
-    from clipstudio.worlds.shapes import diffusion_model as SM
     from clipstudio.diffusion.backend import OpenClipTextEncoder
+    from clipstudio.worlds.shapes import diffusion_model as SM
 
-    for name, v in (("steps", steps), ("batch", batch), ("save-every", save_every)):
-        if v <= 0:
-            raise ClipstudioError(f"--{name} must be positive, got {v}")
-    if not lr > 0:
-        raise ClipstudioError(f"--lr must be positive, got {lr}")
-    if space not in SPACES:
-        raise ClipstudioError(f"unknown --space '{space}'; choose one of: {', '.join(SPACES)}")
-    if space != "pixel" and dataset <= 0:
-        raise ClipstudioError(f"--dataset must be positive, got {dataset}")
-    if threads:
-        torch.set_num_threads(threads)
+    config.validate()
+    steps, batch, lr, seed, out, state = config.steps, config.batch, config.lr, config.seed, config.out, config.state
+    resume, save_every, p_uncond, p_partial = config.resume, config.save_every, config.p_uncond, config.p_partial
+    ema_decay, guide, max_minutes, stop_after = config.ema_decay, config.guide, config.max_minutes, config.stop_after
+    min_snr, space, dataset, default_guidance = config.min_snr, config.space, config.dataset, config.default_guidance
     state = state or f"{out}.state"
     text_cfg = SM.guide_text_cfg()
     tokenizer = SM.make_tokenizer(text_cfg)
 
     if resume and os.path.isfile(state):
-        st = torch.load(state, map_location="cpu", weights_only=False)
+        st = torch.load(state, map_location="cpu", weights_only=True)
         cfg = st["config"]
         if cfg["seed"] != seed or cfg["batch"] != batch or cfg.get("space", "pixel") != space:
             raise ClipstudioError(f"--resume: {state} was trained with seed {cfg['seed']} batch {cfg['batch']} "
@@ -216,8 +261,8 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
 
     space_cfg, decoder_state, data = None, None, None
     if space == "taef2":
-        space_cfg, decoder_state, data = prepare_latents(seed, dataset, latents_path or f"{state}.latents",
-                                                         weights_dir, progress)
+        space_cfg, decoder_state, data = prepare_latents(seed, dataset, config.latents or f"{state}.latents",
+                                                         config.weights_dir, progress)
         mean = torch.tensor(space_cfg["latent_mean"])[:, None, None]
         std = torch.tensor(space_cfg["latent_std"])[:, None, None]
     sched_cfg = SM.scheduler_config(space)
@@ -255,7 +300,7 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
                 "p_partial": p_partial})
 
     def save(step: int) -> None:
-        atomic_save({"config": cfg, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+        atomic_torch_save({"config": cfg, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                      "step": step, "elapsed": elapsed, "losses": losses, "text_tower": snapshot,
                      "text_cfg": text_cfg, "guide": guide_desc}, state)
         shipped = {"unet_config": ucfg, "unet": {k: v.half() for k, v in ema.state_dict().items()},
@@ -263,11 +308,12 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
                    "default_guidance": default_guidance, "default_steps": 50, "step": step}
         if space_cfg is not None:
             shipped.update(space=space_cfg, decoder=decoder_state)
-        atomic_save(shipped, out)
+        atomic_torch_save(shipped, out)
         meta = {"command": command, "step": step, "steps": steps, "train_seconds": round(elapsed, 1),
                 "threads": torch.get_num_threads(), "last_loss": float(np.mean(losses[-100:])) if losses else None,
                 "config": cfg}
-        atomic_write_text(json.dumps(meta, indent=2, default=str), Path(out).with_suffix(".json"))
+        text = json.dumps(meta, indent=2, default=str)
+        atomic_write(Path(out).with_suffix(".json"), lambda f: f.write(text.encode()))
 
     unet.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="shapes-diffusion", disable=not progress)
@@ -324,77 +370,20 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
 def prepare_latents(seed: int, dataset: int, latents_path: str, weights_dir: Optional[str],
                     progress: bool) -> tuple[dict, dict, tuple]:
     """(space config with latent statistics, fp16 TAEF2 decoder state, (scenes, latents)) for latent training."""
-    from clipstudio import weights
-    from clipstudio.worlds.shapes import diffusion_model as SM
     from clipstudio.generators.taef2 import load_taef2
+    from clipstudio.worlds.shapes import diffusion_model as SM
     files = weights.fetch_group("taef2", ("encoder", "decoder"), weights_dir)
     encoder, decoder = load_taef2(files["encoder"], files["decoder"])
     scenes = dataset_scenes(seed, dataset)
     fingerprint = {"seed": seed, "n": dataset, "image_size": SM.LATENT_IMAGE_SIZE, "form_weights": FORM_WEIGHTS,
-                   "encoder_sha256": SM.file_sha256(files["encoder"])}
+                   "encoder_sha256": weights.file_sha256(files["encoder"])}
     latents = encode_dataset(scenes, encoder.eval(), latents_path, fingerprint, SM.LATENT_IMAGE_SIZE,
                              progress=progress).float()
     space_cfg = {"kind": "taef2", "image_size": SM.LATENT_IMAGE_SIZE, "factor": 8,
                  # per-channel statistics of the encoded dataset: the UNet sees unit-variance latents
                  "latent_mean": latents.mean(dim=(0, 2, 3)).tolist(),
                  "latent_std": latents.std(dim=(0, 2, 3)).tolist(),
-                 "decoder_sha256": SM.file_sha256(files["decoder"]),
+                 "decoder_sha256": weights.file_sha256(files["decoder"]),
                  "decoder_source": "TAEF2, madebyollin/taesd (MIT license, Copyright (c) 2023 Ollin Boer Bohan)"}
     decoder_state = {k: v.half() for k, v in decoder.state_dict().items()}
     return space_cfg, decoder_state, (scenes, latents.half())
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="clipstudio train diffusion", description=__doc__.splitlines()[0])
-    ap.add_argument("--world", default="shapes", choices=["shapes"], help="training world (only shapes)")
-    ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="clipstudio/assets/shapes-diffusion.pt", help="shippable checkpoint")
-    ap.add_argument("--state", default=None, help="full training state for --resume (default OUT.state)")
-    ap.add_argument("--resume", action="store_true", help="continue from --state if it exists")
-    ap.add_argument("--save-every", type=int, default=100)
-    ap.add_argument("--p-uncond", type=float, default=0.15, help="caption dropout rate (CFG)")
-    ap.add_argument("--p-partial", type=float, default=0.15,
-                    help="share of one-object captions that leave the colour free or name only it")
-    ap.add_argument("--guide", default=None, help="guide CLIP checkpoint whose text tower conditions the UNet")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training")
-    ap.add_argument("--min-snr", type=float, default=None,
-                    help="min-SNR-gamma loss weighting (Hang et al. 2023); default: the plain DDPM loss")
-    ap.add_argument("--stop-after", type=int, default=None, help="stop (and save) at this step; --resume later")
-    ap.add_argument("--space", default="taef2", choices=SPACES,
-                    help="taef2: 64 px images as 8x8x32 TAEF2 latents (default); pixel: 32 px pixels")
-    ap.add_argument("--dataset", type=int, default=40000, help="scenes pre-encoded to TAEF2 latents")
-    ap.add_argument("--latents", default=None, help="cache of the encoded dataset (default STATE.latents)")
-    ap.add_argument("--weights-dir", default=None, help="folder holding taef2_encoder.pth / taef2_decoder.pth")
-    ap.add_argument("--default-guidance", type=float, default=3.0, help="guidance weight stored as the default")
-    ap.add_argument("--no-progress", action="store_true")
-    return ap
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry: `clipstudio train diffusion --world shapes --steps N --batch B --lr LR --seed S --out P [--resume]`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if not 0 <= args.p_uncond < 1:
-        raise ClipstudioError(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
-    command = "python -m clipstudio.train.diffusion_train " + " ".join(shlex.quote(a) for a in argv)
-    summary = train(args.steps, args.batch, args.lr, args.seed, args.out, state=args.state, resume=args.resume,
-                    save_every=args.save_every, p_uncond=args.p_uncond, guide=args.guide, threads=args.threads,
-                    progress=not args.no_progress, command=command, max_minutes=args.max_minutes,
-                    stop_after=args.stop_after, min_snr=args.min_snr, p_partial=args.p_partial,
-                    space=args.space, dataset=args.dataset, latents_path=args.latents, weights_dir=args.weights_dir,
-                    default_guidance=args.default_guidance)
-    print(f"saved {args.out} at step {summary['step']} ({summary['train_seconds']:.0f} s, "
-          f"loss {summary['last_loss']:.4f})")
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except ClipstudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)

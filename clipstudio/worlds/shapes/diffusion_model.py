@@ -24,7 +24,6 @@ Design (chosen for CPU training time, and measured):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from clipstudio import weights
 from clipstudio.errors import ClipstudioError, missing_extra
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -189,12 +189,6 @@ def make_tokenizer(text_cfg: dict):
     return SimpleTokenizer(context_length=text_cfg["context_length"])
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def load_guide_clip_state(path: Optional[str], seed: int = 0) -> tuple[dict, str]:
     """(state dict, description) of the guide CLIP at `path`, or of a seeded random one if path is None/missing."""
     text_cfg = guide_text_cfg()
@@ -203,7 +197,7 @@ def load_guide_clip_state(path: Optional[str], seed: int = 0) -> tuple[dict, str
         if "state_dict" in sd:
             sd = sd["state_dict"]
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
-        return sd, f"{path} (sha256 {file_sha256(path)[:16]})"
+        return sd, f"{path} (sha256 {weights.file_sha256(path)[:16]})"
     torch.manual_seed(seed)
     tower = build_text_tower(text_cfg, embed_dim=text_cfg["width"])
     return tower.state_dict(), f"random shapes-guide text tower (seed {seed}); guide checkpoint not found"
@@ -216,8 +210,7 @@ def load_shapes_backend(path: Optional[str | os.PathLike] = None, device: str = 
     from clipstudio.diffusion.backend import CFGBackend, OpenClipTextEncoder
     path = Path(path) if path else DEFAULT_CHECKPOINT
     if not path.is_file():
-        raise ClipstudioError(f"missing diffusion checkpoint {path}; train it with "
-                              f"'clipstudio train diffusion --world shapes'")
+        raise ClipstudioError(f"missing diffusion checkpoint {path}; train one with 'clipstudio train diffusion'")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         unet = build_unet(ck["unet_config"])
@@ -307,51 +300,34 @@ def colour_rate(backend, prompt: str, colour: str, background: str, n: int = 64,
     return sum(object_colour(im, background) == colour for im in imgs) / n
 
 
-def eval_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Measure a shapes-diffusion checkpoint: check pass rate, guidance sweep, negative-prompt colour rates."""
-    import argparse
+NEGATIVE_PROMPT = ("a circle on a white background", "red", "white")  # prompt, negative colour, background
+
+
+def evaluate(backend, *, prompts: int = 100, sweep: Sequence[float] = (1.0, 2.0, 4.0, 8.0), sweep_prompts: int = 50,
+             negative_seeds: int = 64, steps: int = 50, guidance: Optional[float] = None,
+             guidance_rescale: Optional[float] = None, log=print) -> dict:
+    """The model's figures: check pass rate on ``prompts`` canonical prompts (seed 1234) at ``guidance`` (the
+    model's by default), the pass rate per guidance weight of ``sweep`` (prompt seed 99), and how often the
+    object of "a circle on a white background" is red without and with the negative prompt "red"."""
     import time
-    ap = argparse.ArgumentParser(prog="clipstudio eval diffusion", description=eval_main.__doc__)
-    ap.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    ap.add_argument("--prompts", type=int, default=100, help="canonical prompts for the pass rate")
-    ap.add_argument("--sweep", default="1,2,4,8", help="guidance weights for the sweep")
-    ap.add_argument("--sweep-prompts", type=int, default=50)
-    ap.add_argument("--negative-seeds", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
-    ap.add_argument("--guidance-rescale", type=float, default=None,
-                    help="phi of Lin et al.'s guidance rescale for the pass rate and the sweep (default: the model's)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=None, help="write the figures here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    be = load_shapes_backend(args.checkpoint)
-    out: dict = {"checkpoint": args.checkpoint, "steps": args.steps, "guidance": args.guidance or be.default_guidance}
+    out: dict = {"steps": steps, "guidance": backend.default_guidance if guidance is None else guidance}
     t0 = time.perf_counter()
-    if args.prompts:
-        r = check_pass_rate(be, canonical_prompts(args.prompts), args.guidance, args.steps,
-                            guidance_rescale=args.guidance_rescale)
+    if prompts:
+        r = check_pass_rate(backend, canonical_prompts(prompts), guidance, steps, guidance_rescale=guidance_rescale)
         out["pass_rate"] = r
-        print(f"check pass rate at w={out['guidance']}: {r['rate']:.3f} over {r['n']} prompts; per form {r['per_form']}")
-    if args.sweep:
+        log(f"check pass rate at w={out['guidance']}: {r['rate']:.3f} over {r['n']} prompts; per form {r['per_form']}")
+    if sweep:
         out["sweep"] = {}
-        prompts = canonical_prompts(args.sweep_prompts, seed=99)
-        for w in [float(v) for v in args.sweep.split(",")]:
-            r = check_pass_rate(be, prompts, w, args.steps, seed=1, guidance_rescale=args.guidance_rescale)
+        sweep_set = canonical_prompts(sweep_prompts, seed=99)
+        for w in sweep:
+            r = check_pass_rate(backend, sweep_set, w, steps, seed=1, guidance_rescale=guidance_rescale)
             out["sweep"][w] = r["rate"]
-            print(f"guidance {w:g}: pass rate {r['rate']:.3f} over {r['n']} prompts")
-    if args.negative_seeds:
-        p = "a circle on a white background"
-        base = colour_rate(be, p, "red", "white", args.negative_seeds, None, args.guidance, args.steps, seed=5)
-        neg = colour_rate(be, p, "red", "white", args.negative_seeds, "red", args.guidance, args.steps, seed=5)
-        out["negative"] = {"prompt": p, "negative": "red", "n": args.negative_seeds, "base_red": base, "neg_red": neg}
-        print(f"'{p}': red objects {base:.3f} without, {neg:.3f} with --negative red ({args.negative_seeds} seeds)")
+            log(f"guidance {w:g}: pass rate {r['rate']:.3f} over {r['n']} prompts")
+    if negative_seeds:
+        p, colour, background = NEGATIVE_PROMPT
+        base = colour_rate(backend, p, colour, background, negative_seeds, None, guidance, steps, seed=5)
+        neg = colour_rate(backend, p, colour, background, negative_seeds, colour, guidance, steps, seed=5)
+        out["negative"] = {"prompt": p, "negative": colour, "n": negative_seeds, "base_red": base, "neg_red": neg}
+        log(f"'{p}': {colour} objects {base:.3f} without, {neg:.3f} with --negative {colour} ({negative_seeds} seeds)")
     out["seconds"] = time.perf_counter() - t0
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(eval_main())
+    return out
