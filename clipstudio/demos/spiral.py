@@ -5,12 +5,13 @@ seconds on points of a spiral whose arms are the classes; the class is dropped 3
 one network gives both the conditional and the unconditional prediction (classifier-free guidance,
 Ho & Salimans 2022). Sampling reuses the pure functions of :mod:`clipstudio.diffusion.sampling`.
 
-``main(argv)`` writes a PNG (matplotlib, Agg) with the data, reverse-time trajectories of each
-sampler, the collapse of a DDPM-trained ancestral sampler whose noise is removed, and CFG.
+:func:`run_demo` writes a PNG (matplotlib, Agg) with the data, reverse-time trajectories of each
+sampler, the collapse of a DDPM-trained ancestral sampler whose noise is removed, and CFG; the command is
+``clipstudio demo spiral``. Which model a sampler uses comes from the one sampler registry,
+:data:`clipstudio.diffusion.sampling.SAMPLERS` (its ``prediction``: 'epsilon' or 'flow').
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from torch.nn import functional as F
 
 from clipstudio.diffusion import sampling as S
 from clipstudio.errors import ClipstudioError
+from clipstudio.schedules import lr_factor
 
 N_ARMS = 3
 NULL_CLASS = N_ARMS            # the "no class" token used for the unconditional branch
@@ -149,8 +151,8 @@ def train_spiral(steps: int = 1500, batch: int = 512, lr: float = 2e-3, seed: in
     model = TinyDenoiser(hidden=hidden)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(      # linear warm-up, cosine decay to 0
-        opt, lambda i: min((i + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, i / steps)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(      # linear warm-up, cosine decay to 0 (the package's one schedule)
+        opt, lambda i: lr_factor("cosine", i, steps, warm, floor=0.0))
     abar = S.DiffusionSchedule.linear(NUM_TRAIN_TIMESTEPS).alphas_cumprod.float()
     for _ in range(steps):
         x0, cls = sample_spiral(batch, g)
@@ -186,18 +188,15 @@ def train_models(steps: int = 1500, seed: int = 0) -> SpiralModels:
 
 # --------------------------------------------------------------------------- sampling
 
-SAMPLER_KINDS = {"ddpm": "eps", "ddim": "eps", "euler": "eps", "flow-euler": "flow"}
-
-
 @torch.no_grad()
 def generate(models: SpiralModels, sampler: str, n: int = 1000, steps: int = 50, seed: int = 0,
              cls: Optional[int] = None, w: float = 1.0, trajectory: Optional[list] = None,
              **options) -> torch.Tensor:
     """n samples (n x 2) from a registered sampler; cls=None is unconditional, else CFG with weight w."""
-    fn = S.get_sampler(sampler)
+    entry = S.sampler_entry(sampler)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 2, generator=g)
-    if SAMPLER_KINDS[sampler] == "eps":
+    if entry.prediction == "epsilon":
         model, schedule = models.eps_model, models.schedule
     else:
         model, schedule = models.flow_model, models.flow_schedule
@@ -209,7 +208,7 @@ def generate(models: SpiralModels, sampler: str, n: int = 1000, steps: int = 50,
             raise ClipstudioError(f"class must be in 0..{N_ARMS - 1}, got {cls}")
         cond = torch.full((n,), cls, dtype=torch.long)
         model_fn = S.cfg_model(model, cond, uncond, w)
-    return fn(model_fn, x, steps, schedule, generator=g, trajectory=trajectory, **options)
+    return entry.fn(model_fn, x, steps, schedule, generator=g, trajectory=trajectory, **options)
 
 
 def class_accuracy(models: SpiralModels, sampler: str, w: float, n_per_class: int = 300,
@@ -285,28 +284,19 @@ def plot(models: SpiralModels, out: str, steps: int = 50, collapse_steps: int = 
         ax.set_aspect("equal")
     fig.suptitle(f"clipstudio spiral demo (training {models.train_seconds:.1f} s on CPU)")
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    from clipstudio.images import atomic_write
+    try:
+        atomic_write(out, lambda handle: fig.savefig(handle, format="png", dpi=80))
+    finally:
+        plt.close(fig)
     return stats
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """`clipstudio demo spiral -o spiral.png`: train the tiny models and write the figure."""
-    p = argparse.ArgumentParser(prog="clipstudio demo spiral", description=__doc__.splitlines()[0])
-    p.add_argument("-o", "--out", default="spiral.png", help="output PNG path")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
-    p.add_argument("--train-steps", type=int, default=1500, help="training steps per model")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    S.check_steps(args.steps)
-    S.check_steps(args.train_steps)
-    models = train_models(args.train_steps, args.seed)
-    stats = plot(models, args.out, steps=args.steps, seed=args.seed)
-    print(f"wrote {args.out} (training {models.train_seconds:.1f} s)")
-    for k, v in stats.items():
-        print(f"  {k}: {v:.4f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run_demo(out: str, steps: int = 50, train_steps: int = 1500, seed: int = 0) -> tuple[SpiralModels, dict]:
+    """Train the tiny models (seeded) and write the figure to ``out``; returns the models and its figures."""
+    from clipstudio.images import check_writable
+    S.check_steps(steps)
+    S.check_steps(train_steps)
+    check_writable(out)                      # before a minute of training, not after
+    models = train_models(train_steps, seed)
+    return models, plot(models, out, steps=steps, seed=seed)
