@@ -60,7 +60,9 @@ def build_plan(args: argparse.Namespace):
     if args.clip_steps is not None:
         overrides["steps"] = args.clip_steps
     if args.device:
-        overrides["device"] = args.device
+        from ..devices import resolve_device
+
+        overrides["device"] = str(resolve_device(args.device))   # the guidance loop takes a concrete device
     diffuse_settings = typed_settings(args, DiffuseConfig)
     diffuse_settings.pop("device", None)         # --device is the option of both halves, not a diffusion field
     if args.device:
