@@ -223,6 +223,7 @@ def class_accuracy(models: SpiralModels, sampler: str, w: float, n_per_class: in
 
 # --------------------------------------------------------------------------- figure
 
+# plot() is one figure laid out panel by panel; split up, its axes would be passed around for no gain in reading.
 def plot(models: SpiralModels, out: str, steps: int = 50, collapse_steps: int = 10, seed: int = 0) -> dict:
     """Write the demo figure to `out` and return the energy distances and accuracies it shows."""
     import matplotlib
