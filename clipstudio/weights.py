@@ -296,12 +296,20 @@ def _fetch_hub(entry: WeightsEntry, offline: bool, where: Path) -> Path:
     candidates = ([f"{stem}.safetensors"] if ext in (".bin", ".pth") else []) + [filename]
     if filename == "open_clip_pytorch_model.bin":
         candidates[0] = "open_clip_model.safetensors"  # open_clip's name for the safetensors twin
+    try:
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    except ImportError:  # huggingface_hub < 0.24
+        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
     reason = ""
     for candidate in candidates:
         try:
             return Path(hf_hub_download(repo_id, candidate, local_files_only=offline))
-        except Exception as err:  # offline misses, 404s and network errors have many types; the last one is told
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        except Exception as err:  # network, auth and disk errors have many types; the last one is told
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
+            missing = isinstance(err, LocalEntryNotFoundError) if offline else (
+                isinstance(err, EntryNotFoundError) and not isinstance(err, LocalEntryNotFoundError))
+            if not missing:
+                break  # not a missing file (which the next candidate may fix): the hub is unreachable or refuses
     if offline:
         raise ClipstudioError(
             f"weights '{entry.name}' not found offline: put {entry.filename} in {where}, or {filename} of the "

@@ -178,3 +178,13 @@ def test_bfloat16_weights_load_and_sample(pipelines):
     assert next(be.unet.parameters()).dtype == torch.bfloat16
     images = be.generate("a red circle", steps=2, seed=0)
     assert images.dtype == torch.float32 and torch.isfinite(images).all()
+
+
+def test_a_hub_pipeline_offline_is_one_line(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("CLIPSTUDIO_OFFLINE", "1")
+    with pytest.raises(ClipstudioError, match="not in the Hugging Face cache.*hf download org/tiny-sd") as info:
+        B.load_sd_pipeline("org/tiny-sd")
+    assert "\n" not in str(info.value)

@@ -286,6 +286,12 @@ def resolve_pipeline_dir(name_or_path: str) -> str:
         return snapshot_download(name_or_path, local_files_only=True, allow_patterns=patterns)
     except Exception:
         pass
+    from clipstudio.weights import is_offline
+
+    if is_offline():
+        raise ClipstudioError(
+            f"pipeline '{name_or_path}' is not in the Hugging Face cache and downloads are off (CLIPSTUDIO_OFFLINE/"
+            f"HF_HUB_OFFLINE): run 'hf download {name_or_path}' where there is a network, or pass a directory")
     try:
         return snapshot_download(name_or_path, allow_patterns=patterns, etag_timeout=10)
     except Exception as e:
