@@ -348,3 +348,16 @@ def test_lpips_backbone_offline_is_one_line(tmp_path, monkeypatch):
     message = str(info.value)
     assert "\n" not in message and "alexnet-owt-7be5be79.pth" in message
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
+
+
+def test_the_weights_folder_wins_over_the_ecosystem_caches(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    folder = tmp_path / "offline-folder"
+    folder.mkdir()
+    for name in (HUB_NAME, "open_clip:ViT-B-32:openai"):
+        mine = folder / weights.get_entry(name).filename
+        mine.write_bytes(b"the user's own copy")
+        monkeypatch.setenv("CLIPSTUDIO_WEIGHTS", str(folder))
+        assert weights.fetch(name, offline=True) == mine
