@@ -424,6 +424,9 @@ def _stream(url: str, part: Path, label: str, progress: bool | None, deadline: f
     with urllib.request.urlopen(request, timeout=min(_READ_TIMEOUT_S, remaining)) as response:
         if offset and getattr(response, "status", None) != 206:
             offset = 0  # the server ignored the Range header and sends the whole file
+        elif offset and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            part.unlink(missing_ok=True)  # resumed somewhere else than asked: splicing would corrupt the file
+            raise OSError(f"the server resumed at the wrong place ({response.headers.get('Content-Range')})")
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length is not None and length.isdigit() else None
         read = getattr(response, "read1", None) or response.read  # read1: whatever has arrived, so the clock is seen
