@@ -58,7 +58,7 @@ class GenerateConfig:
     candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
     device: str = "auto"  # auto: CUDA, then MPS, then CPU (clipstudio.devices.resolve_device)
-    dtype: str = "float32"  # bfloat16 or float16: the CLIP forward runs under autocast where the device supports it
+    dtype: str = "float32"  # bfloat16 or float16: the losses (the CLIP forward) run under autocast where supported
 
     def validate(self) -> GenerateConfig:
         """Check values a user can get wrong; each problem is one line of error."""
