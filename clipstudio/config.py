@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .devices import DTYPES
 from .errors import ClipstudioError
 
 DEFAULT_CLIP = "ViT-B-32:openai"  # the lineage's guide; worlds' recipes name their own
@@ -56,7 +57,8 @@ class GenerateConfig:
     search_restarts: int = 1  # searches from random starting choices; the best end state is kept
     candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA, then MPS, then CPU (clipstudio.devices.resolve_device)
+    dtype: str = "float32"  # bfloat16 or float16: the losses (the CLIP forward) run under autocast where supported
 
     def validate(self) -> GenerateConfig:
         """Check values a user can get wrong; each problem is one line of error."""
@@ -84,6 +86,8 @@ class GenerateConfig:
             raise ClipstudioError(f"cutn must be at least 1, got {self.cutn}")
         if not self.clip:
             raise ClipstudioError("give at least one CLIP model")
+        if self.dtype not in DTYPES:
+            raise ClipstudioError(f"unknown dtype '{self.dtype}'; choose one of: {', '.join(DTYPES)}")
         for name, weight in self.losses.items():
             if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
                 raise ClipstudioError(f"the weight of loss '{name}' must be a finite number >= 0, got {weight}")

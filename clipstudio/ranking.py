@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from .config import GenerateConfig
+from .devices import resolve_device
 from .errors import ClipstudioError
 from .guide.clip import load_clip
 from .guide.prompts import Prompt, negative_prompt, parse_prompts
@@ -29,6 +30,7 @@ def clip_scores(images: Sequence[Image.Image], prompts: Sequence[Prompt], clip: 
     texts = [p for p in prompts if not p.is_image]
     if not texts:
         raise ClipstudioError("ranking needs at least one text prompt")
+    device = str(resolve_device(device))
     guide = load_clip(clip, device)
     image_embeds = guide.encode_image(_to_batch(images, guide.image_size).to(device))
     text_embeds = guide.encode_text([p.text for p in texts])
@@ -43,6 +45,7 @@ def score_images(images: Sequence[Image.Image | np.ndarray], texts: Sequence[str
     image-scoring function, for evaluators and reports alike."""
     if len(images) != len(texts):
         raise ClipstudioError(f"score_images needs one text per image, got {len(images)} and {len(texts)}")
+    device = str(resolve_device(device))
     guide = load_clip(clip, device)
     image_embeds = guide.encode_image(_to_batch(images, guide.image_size).to(device))
     return (image_embeds * guide.encode_text(list(texts))).sum(-1).tolist()

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ._version import __version__
 from .config import GenerateConfig
+from .devices import autocast, resolve_device, rng_state, set_rng_state
 from .errors import ClipstudioError
 from .generators import build_generator, generator_class
 from .generators.base import Choice
@@ -73,6 +74,7 @@ def validate_config(config: GenerateConfig) -> GenerateConfig:
     from .losses import LOSSES, list_losses
 
     config.validate()
+    resolve_device(config.device)  # a device this machine lacks is one line, before any model loads
     if config.generator not in GENERATORS:
         raise ClipstudioError(f"unknown generator '{config.generator}'; choose one of: {', '.join(list_generators())}")
     if config.layout != "none" and config.layout not in GENERATORS:
@@ -94,8 +96,8 @@ class Studio:
 
     def __init__(self, config: GenerateConfig):
         self.config = validate_config(config)
-        self.device = torch.device(config.device)
-        self.guides = [load_clip(spec, config.device, config.weights_dir) for spec in config.clip]
+        self.device = resolve_device(config.device)
+        self.guides = [load_clip(spec, str(self.device), config.weights_dir) for spec in config.clip]
         torch.manual_seed(config.seed)  # after model loading, which may or may not draw random numbers
         self.init_image = load_image(config.init_image).to(self.device) if config.init_image else None
         layout = resolve_layout(config)
@@ -182,7 +184,8 @@ class Studio:
             params = cutout_params or self.cutouts.draw(image.shape[-2], image.shape[-1])
             cutouts = self.cutouts.apply(image, params)
         ctx = LossContext(image=image, cutouts=cutouts, init_image=self.init_image, step=self.step_index)
-        terms = {name: loss(ctx) for name, loss in self.losses.items()}
+        with autocast(self.device, self.config.dtype):  # mixed precision for the CLIP forward, if asked for
+            terms = {name: loss(ctx).float() for name, loss in self.losses.items()}
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, terms
 
@@ -280,20 +283,23 @@ class Studio:
             yield from group["params"]
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly: latents, optimizer, step, RNG and settings."""
+        """Everything needed to continue this run exactly: latents, optimizer, step, RNG and settings.
+
+        The RNG states are CPU tensors (:func:`clipstudio.devices.rng_state`), so a run saved on a GPU resumes
+        on a CPU and the other way round."""
         return {"settings": self.config.to_full_dict(), "step": self.step_index, "skipped": self.skipped,
                 "history": list(self.history), "generator": self.generator.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
+                "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`; a run with other settings is refused."""
-        if state.get("settings") != self.config.to_full_dict():
+        """Continue from :meth:`state_dict`; a run with other settings is refused (the device may differ)."""
+        if not isinstance(state, dict) or _portable(state.get("settings")) != _portable(self.config.to_full_dict()):
             raise ClipstudioError("the checkpoint was made with other settings; refusing to resume from it")
-        self.generator.load_state_dict(state["generator"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.load_state_dict(state["generator"])  # copies onto this run's device
+        self.optimizer.load_state_dict(state["optimizer"])  # casts its state to the parameters' device
         self.step_index, self.skipped = int(state["step"]), int(state["skipped"])
         self.history = list(state["history"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write :meth:`state_dict` atomically, so a power cut leaves the previous checkpoint intact."""
@@ -305,7 +311,7 @@ class Studio:
         if not path.is_file():
             return False
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)  # GPU-saved files load anywhere
         except Exception as err:  # a torn or foreign file: say so rather than start over silently
             raise ClipstudioError(f"cannot resume from {path}: {type(err).__name__}; delete it to start over") from None
         self.load_state_dict(state)
@@ -361,6 +367,11 @@ class Studio:
                               seconds=seconds, history=list(self.history))
 
 
+def _portable(settings: Any) -> Any:
+    """Settings without the device: a checkpoint resumes on another machine (CUDA, MPS or CPU)."""
+    return {k: v for k, v in settings.items() if k != "device"} if isinstance(settings, dict) else settings
+
+
 def resolve_layout(config: GenerateConfig) -> str | None:
     """The generator whose result starts this run (``config.layout``), or None: none is asked for, an init
     image is given, or the layout generator is this run's own."""
@@ -373,7 +384,7 @@ def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
     """The settings of the layout stage: this run's prompts, guides, size, seed, cutouts and search; the
     layout generator with ``layout_options`` and the default schedule."""
     keep = ("prompt", "negative", "image_prompts", "clip", "width", "height", "seed", "cutn", "cut_pow",
-            "cut_min", "cut_noise", "augments", "weights_dir", "device", "search", "search_restarts")
+            "cut_min", "cut_noise", "augments", "weights_dir", "device", "dtype", "search", "search_restarts")
     return GenerateConfig(**{name: getattr(config, name) for name in keep}, generator=layout,
                           generator_options=dict(config.layout_options), steps=_LAYOUT_STEPS)
 

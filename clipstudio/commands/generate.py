@@ -25,6 +25,8 @@ HELPS = {
     "search_restarts": "searches from random starting choices; the best is kept",
     "candidates": "CLIP ranking: generate N candidates (seeds seed..seed+N-1) and keep the best",
     "weights_dir": "folder of model files for offline use",
+    "device": "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps",
+    "dtype": "float32, or bfloat16/float16 to run the CLIP forward under autocast where the device supports it",
 }
 FLAGS = {"image_prompts": "image-prompt", "augments": "augment"}
 SHORTHAND_LOSSES = {"tv": "total-variation weight", "anchor": "MSE-to-init-image weight",

@@ -104,7 +104,7 @@ class HFTextEncoder:
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(list(texts), padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+        return self.text_encoder(ids.to(self.text_encoder.device)).last_hidden_state
 
 
 def encode_prompts(text_encoder: Callable, prompt: str, negative: Optional[str], n: int
@@ -260,6 +260,12 @@ def resolve_pipeline_dir(name_or_path: str) -> str:
         return snapshot_download(name_or_path, local_files_only=True, allow_patterns=patterns)
     except Exception:
         pass
+    from clipstudio.weights import is_offline
+
+    if is_offline():
+        raise ClipstudioError(
+            f"pipeline '{name_or_path}' is not in the Hugging Face cache and downloads are off (CLIPSTUDIO_OFFLINE/"
+            f"HF_HUB_OFFLINE): run 'hf download {name_or_path}' where there is a network, or pass a directory")
     try:
         return snapshot_download(name_or_path, allow_patterns=patterns, etag_timeout=10)
     except Exception as e:
@@ -269,32 +275,91 @@ def resolve_pipeline_dir(name_or_path: str) -> str:
         ) from None
 
 
-def load_sd_pipeline(name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+_PIPELINE_PARTS = ("unet", "vae", "tokenizer", "text_encoder", "scheduler")
+
+
+def _quiet_hf_loading() -> None:
+    """No per-component progress bars or advice while a pipeline loads: our own errors say what went wrong."""
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _pipeline_kwargs(path: str) -> dict:
+    """Loading options for the pipeline in ``path``: no safety checker where the pipeline has a slot for one."""
+    import json
+
+    try:
+        index = json.loads(Path_(path, "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ClipstudioError(f"cannot read {Path_(path, 'model_index.json')}: {type(e).__name__}") from None
+    if not isinstance(index, dict):
+        raise ClipstudioError(f"{Path_(path, 'model_index.json')} is not a JSON object")
+    if "tokenizer_2" in index or "text_encoder_2" in index:
+        raise ClipstudioError(f"pipeline '{path}' ({index.get('_class_name', '?')}) has two text encoders "
+                              "(SDXL/SD3 style); only one-text-encoder pipelines (Stable Diffusion 1.x/2.x) load")
+    missing = [part for part in _PIPELINE_PARTS if part not in index]
+    if missing:
+        raise ClipstudioError(f"pipeline '{path}' ({index.get('_class_name', '?')}) is not Stable Diffusion-style: "
+                              f"it has no {', '.join(missing)}")
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+
+
+def pipeline_prediction(scheduler) -> str:
+    """What a pipeline's UNet predicts, read off its scheduler: 'flow' for flow-matching schedulers, else the
+    scheduler's prediction_type ('epsilon' or 'v_prediction'); anything else is a one-line error."""
+    if type(scheduler).__name__.startswith("FlowMatch"):
+        return "flow"
+    pred = scheduler.config.get("prediction_type", "epsilon")
+    if pred not in ("epsilon", "v_prediction"):
+        raise ClipstudioError(f"the pipeline predicts '{pred}'; only epsilon, v prediction and flow matching load")
+    return pred
+
+
+def load_sd_pipeline(name_or_path: str, device: str = "auto", dtype: torch.dtype | str | None = None,
                      default_guidance: float = 7.5) -> CFGBackend:
-    """A CFGBackend from StableDiffusionPipeline pieces (unet, vae, tokenizer + CLIPTextModel, scheduler config)."""
+    """A CFGBackend from a Stable Diffusion-style pipeline (unet, vae, tokenizer + CLIPTextModel, scheduler):
+    a local ``save_pretrained`` folder or a hub name. ``device``: auto (CUDA, MPS, CPU), cpu, cuda, mps;
+    ``dtype``: float32 (default), float16 or bfloat16 weights. A pipeline whose scheduler is a flow-matching
+    one samples with ``flow-euler``."""
+    from clipstudio.devices import resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype) if dtype is not None else torch.float32
     path = resolve_pipeline_dir(name_or_path)
     diffusers = _diffusers("Stable Diffusion pipelines")
     try:
-        import transformers  # noqa: F401  (the pipeline's text encoder)
+        import transformers  # noqa: F401  (the pipeline's tokenizer and text encoder)
     except ImportError:
         raise missing_extra("transformers", "diffusion", "Stable Diffusion pipelines") from None
+    kwargs = _pipeline_kwargs(path)
+    _quiet_hf_loading()
     try:
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-            path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True)
+        if torch_dtype != torch.float32:  # float32 is the default; diffusers renamed the argument in 0.36
+            kwargs["torch_dtype"] = torch_dtype
+        pipe = diffusers.DiffusionPipeline.from_pretrained(path, local_files_only=True, **kwargs)
     except Exception as e:
         raise ClipstudioError(f"could not load the pipeline in '{path}': {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    pipe.to(device)
-    pred = pipe.scheduler.config.get("prediction_type", "epsilon")
-    if pred not in ("epsilon", "v_prediction"):
-        raise ClipstudioError(f"pipeline '{name_or_path}' predicts '{pred}'; only epsilon and v prediction are supported")
+    pipe.to(torch_device)
+    pred = pipeline_prediction(pipe.scheduler)
     vae = pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # SD3/FLUX VAEs centre their latents
 
     def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(z / vae.config.scaling_factor).sample
+        return vae.decode((z / vae.config.scaling_factor + shift).to(vae.dtype)).sample
 
     return CFGBackend(unet=pipe.unet, text_encoder=HFTextEncoder(pipe.tokenizer, pipe.text_encoder),
                       prediction=pred, scheduler_config=dict(pipe.scheduler.config), decoder=decode,
+                      default_sampler="flow-euler" if pred == "flow" else "ddim",
                       default_guidance=default_guidance)
 
 
@@ -302,10 +367,13 @@ def load_sd_pipeline(name_or_path: str, device: str = "cpu", dtype: torch.dtype 
 
 def load_embedded_backend(name: str, device: str = "cpu") -> CFGBackend:
     """An embedded diffusion model of a world (see :mod:`clipstudio.embedded`), loaded by the ``module:function``
-    its world.json names (so the core never imports a world by name)."""
+    its world.json names (so the core never imports a world by name); ``device`` may be ``auto``."""
     import importlib
 
     from clipstudio import embedded
+    from clipstudio.devices import resolve_device
+
+    device = str(resolve_device(device))
 
     model = embedded.embedded_model(name, "diffusion")
     if not model.loader or model.loader.count(":") != 1:

@@ -1,6 +1,8 @@
 """Image regularizers: total variation, an MSE anchor to the init image, and LPIPS to the init image."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..errors import ClipstudioError
@@ -37,6 +39,21 @@ LPIPS_BACKBONE_FILES = {
 }
 
 
+def lpips_backbone_path(backbone: str) -> Path:
+    """Where torchvision (through torch hub's cache, ``$TORCH_HOME/hub/checkpoints``) keeps an LPIPS backbone."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILES[backbone]
+
+
+def check_lpips_backbone(backbone: str) -> None:
+    """Offline (``CLIPSTUDIO_OFFLINE``/``HF_HUB_OFFLINE``), a backbone missing from torch hub's cache is one line
+    naming the file and the folder, before torchvision tries the network."""
+    from .. import weights
+
+    path = lpips_backbone_path(backbone)
+    if weights.is_offline() and not path.is_file():
+        raise ClipstudioError(f"LPIPS backbone '{backbone}' not found offline: put {path.name} in {path.parent}")
+
+
 def build_lpips(net: str = "alex"):
     """An LPIPS metric (Zhang et al. 2018) from the ``lpips`` package; ``NET:random`` uses a random backbone.
 
@@ -50,13 +67,15 @@ def build_lpips(net: str = "alex"):
     backbone, _, tag = net.partition(":")
     if backbone not in LPIPS_BACKBONE_FILES:
         raise ClipstudioError(f"unknown LPIPS net '{backbone}'; choose from: {', '.join(LPIPS_BACKBONE_FILES)}")
+    if tag != "random":
+        check_lpips_backbone(backbone)
     try:
         return lpips.LPIPS(net=backbone, pnet_rand=(tag == "random"), verbose=False).eval().requires_grad_(False)
     except OSError as err:  # URLError is an OSError: no network, no cached backbone
-        hub_dir = torch.hub.get_dir()
+        path = lpips_backbone_path(backbone)
         raise ClipstudioError(
             f"LPIPS could not fetch its '{backbone}' backbone ({type(err).__name__}); offline, put "
-            f"{LPIPS_BACKBONE_FILES[backbone]} in {hub_dir}/checkpoints"
+            f"{path.name} in {path.parent}"
         ) from None
 
 

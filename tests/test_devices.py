@@ -1,0 +1,134 @@
+"""Devices (issue 16): ``auto`` resolution, mixed precision by name, and checkpoints that resume across devices
+(RNG states saved as CPU tensors, files loaded with ``map_location="cpu"``). No test needs a GPU: a GPU-saved
+checkpoint is simulated by tagging every storage ``cuda:0`` when it is written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import clipstudio
+from clipstudio import devices
+from clipstudio.cli import main
+from clipstudio.errors import ClipstudioError
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+def test_auto_resolves_to_an_available_device():
+    device = devices.resolve_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else None
+    assert device.type in ("cuda", "mps", "cpu")
+    if expected:
+        assert device.type == expected
+    assert devices.resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_one_line(capsys, tiny_clip, tmp_path):
+    with pytest.raises(ClipstudioError, match="no CUDA GPU") as info:
+        devices.resolve_device("cuda")
+    assert "\n" not in str(info.value)
+    out = tmp_path / "out.png"
+    code = main(["generate", "a red circle", "--clip", tiny_clip, "--size", "32", "32", "--steps", "1",
+                 "--device", "cuda", "--quiet", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no CUDA GPU" in err and not out.exists()
+
+
+def test_the_default_device_is_auto():
+    assert clipstudio.GenerateConfig().device == "auto"
+
+
+def test_dtype_is_checked_and_autocast_runs_in_it():
+    with pytest.raises(ClipstudioError, match="unknown dtype 'float8'"):
+        clipstudio.GenerateConfig(prompt="x", dtype="float8").validate()
+    cpu = torch.device("cpu")
+    with devices.autocast(cpu, "bfloat16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with devices.autocast(cpu, "float32"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_bfloat16_run_has_finite_float32_losses(tiny_options):
+    def fresh(**changes):
+        return clipstudio.Studio(clipstudio.make_config("a red circle", **{**tiny_options, **changes}))
+
+    half, full = fresh(dtype="bfloat16").evaluate()["clip"], fresh().evaluate()["clip"]  # same seed, same cutouts
+    assert half != full and abs(half - full) < 0.05  # the CLIP forward really ran in bfloat16, and close to float32
+    studio = fresh(dtype="bfloat16")
+    info = studio.step()
+    assert not info.skipped and np.isfinite(info.total) and isinstance(info.total, float)
+
+
+def test_rng_state_is_saved_device_neutral(tiny_options):
+    state = clipstudio.Studio(clipstudio.make_config("a red circle", **tiny_options)).state_dict()
+    rng = state["rng"]
+    assert rng["cpu"].device.type == "cpu" and rng["cpu"].dtype == torch.uint8
+    assert all(s.device.type == "cpu" for s in rng.get("cuda", []))
+
+
+def _straight_and_checkpoint(tiny_options, tmp_path):
+    config = clipstudio.make_config("a red circle", **{**tiny_options, "steps": 6})
+    straight = np.asarray(clipstudio.Studio(config).run().image)
+    ckpt = tmp_path / "run.ckpt"
+    clipstudio.Studio(config).run(callback=lambda s, info: info.step < 2, checkpoint=ckpt, checkpoint_every=1)
+    return config, straight, ckpt
+
+
+def test_cpu_to_cpu_resume_is_bit_exact_after_the_rng_was_disturbed(tiny_options, tmp_path):
+    config, straight, ckpt = _straight_and_checkpoint(tiny_options, tmp_path)
+    second = clipstudio.Studio(config)
+    torch.manual_seed(12345)  # whatever happened to the global RNG in between, the checkpoint's state wins
+    assert second.resume(ckpt) and second.step_index == 3
+    assert np.array_equal(straight, np.asarray(second.run().image))
+
+
+def _cuda_tagger(storage):
+    """Record every storage as a CUDA one, as a checkpoint written on a GPU machine would."""
+    return "cuda:0"
+
+
+def _rewrite_as_if_saved_on_a_gpu(ckpt, monkeypatch):
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["rng"]["cuda"] = [torch.get_rng_state()[:16].clone()]  # a CUDA generator's state, as a GPU run has
+    state["settings"]["device"] = "cuda"  # the run was started with --device cuda
+    registry = [(-1, _cuda_tagger, lambda obj, location: None), *torch.serialization._package_registry]
+    monkeypatch.setattr(torch.serialization, "_package_registry", registry)
+    torch.save(state, ckpt)
+    monkeypatch.undo()
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="the simulation needs a machine without CUDA")
+def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(tiny_options, tmp_path, monkeypatch):
+    config, straight, ckpt = _straight_and_checkpoint(tiny_options, tmp_path)
+    _rewrite_as_if_saved_on_a_gpu(ckpt, monkeypatch)
+    with pytest.raises(RuntimeError, match="CUDA"):  # the simulation is faithful: a plain load wants the GPU
+        torch.load(ckpt, weights_only=True)
+    second = clipstudio.Studio(config)
+    assert second.resume(ckpt) and second.step_index == 3
+    assert np.array_equal(straight, np.asarray(second.run().image))
+
+
+def test_the_device_setting_does_not_block_a_resume(tiny_options, tmp_path):
+    config, straight, ckpt = _straight_and_checkpoint(tiny_options, tmp_path)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["settings"]["device"] = "cuda"  # written by a run on a GPU machine
+    second = clipstudio.Studio(config)
+    second.load_state_dict(state)
+    assert np.array_equal(straight, np.asarray(second.run().image))
+    state["settings"]["seed"] = 99
+    with pytest.raises(ClipstudioError, match="other settings"):
+        clipstudio.Studio(config).load_state_dict(state)
+
+
+def test_old_and_bad_rng_states(tiny_options):
+    studio = clipstudio.Studio(clipstudio.make_config("a red circle", **tiny_options))
+    state = studio.state_dict()
+    before = torch.get_rng_state()
+    devices.set_rng_state(before)  # older checkpoints hold the bare CPU state
+    assert torch.equal(torch.get_rng_state(), before)
+    for bad in (None, {"cpu": torch.zeros(3, dtype=torch.uint8)}, {"gpu": before}):
+        with pytest.raises(ClipstudioError, match="RNG state") as info:
+            studio.load_state_dict({**state, "rng": bad})
+        assert "\n" not in str(info.value)
