@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     settings.setdefault("prompt", "a red circle on a blue background")
     config = validate_config(GenerateConfig.from_dict(settings))
-    studio = Studio(config)
+    studio = Studio(config, trust_checkpoint=args.trust_checkpoint)
     studio.step()
     start = time.perf_counter()
     for _ in range(args.repeat):

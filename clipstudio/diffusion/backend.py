@@ -18,6 +18,7 @@ import torch
 
 from clipstudio.diffusion.sampling import bind_cond, cfg_model, check_steps
 from clipstudio.errors import ClipstudioError, missing_extra
+from clipstudio.images import require_finite_image
 
 # name -> (diffusers scheduler class, what the model must predict, extra kwargs for .step)
 SAMPLER_REGISTRY: dict[str, dict] = {
@@ -263,7 +264,7 @@ class CFGBackend:
 def to_pil(images: torch.Tensor) -> list:
     """PIL images from an n x 3 x H x W tensor in [0, 1]."""
     from PIL import Image
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = (require_finite_image(images).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
 
 

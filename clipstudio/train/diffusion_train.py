@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from clipstudio.checkpoints import load_checkpoint
 from clipstudio.errors import ClipstudioError
 from clipstudio.schedules import lr_factor
 from clipstudio.images import atomic_torch_save
@@ -110,7 +111,7 @@ def encode_dataset(scenes: Sequence, encoder: torch.nn.Module, path: str | os.Pa
     done = torch.zeros(0)
     if os.path.isfile(path):
         try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
+            cached = load_checkpoint(path)
         except Exception:  # an unreadable cache is only lost work: encode again
             print(f"warning: latent cache {path} is unreadable; encoding again", file=sys.stderr)
             cached = {}
@@ -194,7 +195,7 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     tokenizer = SM.make_tokenizer(text_cfg)
 
     if resume and os.path.isfile(state):
-        st = torch.load(state, map_location="cpu", weights_only=False)
+        st = load_checkpoint(state)
         cfg = st["config"]
         if cfg["seed"] != seed or cfg["batch"] != batch or cfg.get("space", "pixel") != space:
             raise ClipstudioError(f"--resume: {state} was trained with seed {cfg['seed']} batch {cfg['batch']} "
