@@ -163,3 +163,13 @@ def checkpoint_state_dict(checkpoint: Any, path: str | os.PathLike = "checkpoint
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise ClipstudioError(f"{path} has no state_dict of tensors")
     return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def require_keys(checkpoint: Any, keys: tuple[str, ...], path: str | os.PathLike = "checkpoint") -> dict:
+    """``checkpoint`` if it is a mapping holding every one of ``keys``; else a one-line error naming what lacks."""
+    if not isinstance(checkpoint, dict):
+        raise ClipstudioError(f"{path} is not a checkpoint of this kind (a {type(checkpoint).__name__})")
+    missing = [key for key in keys if key not in checkpoint]
+    if missing:
+        raise ClipstudioError(f"{path} lacks {', '.join(missing)}; it is not a checkpoint of this kind")
+    return checkpoint

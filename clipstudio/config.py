@@ -77,6 +77,19 @@ def check_ranges(obj: Any, ranges: dict[str, tuple[float, float]]) -> None:
             raise ClipstudioError(f"{name.replace('_', '-')} must be between {low:g} and {high:g}, got {_short(value)}")
 
 
+def check_numbers(**specs: tuple[Any, float, float]) -> None:
+    """``name=(value, low, high)``: each value a finite number within [low, high] (None: not given, skipped).
+    The one check for options that are not fields of a config dataclass (training, sampling)."""
+    for name, (value, low, high) in specs.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ClipstudioError(f"{flag} must be a finite number, got {_short(value)}")
+        if not low <= value <= high:
+            raise ClipstudioError(f"{flag} must be between {low:g} and {high:g}, got {_short(value)}")
+
+
 def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()

@@ -79,6 +79,9 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _merge_mapping_options(settings: dict[str, Any], given: dict[str, Any]) -> None:
     """``--gen-opt``, ``--layout-opt``, ``--loss`` and the loss shorthands into their mapping settings."""
+    for key in ("generator_options", "layout_options", "losses", "loss_options"):
+        if not isinstance(settings.get(key, {}), dict):  # from a --from image or a recipe
+            raise ClipstudioError(f"setting {key} must be a mapping, got {type(settings[key]).__name__}")
     for key, option in (("generator_options", "gen_opt"), ("layout_options", "layout_opt")):
         if option in given:
             settings[key] = {**settings.get(key, {}), **dict(given[option])}

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from clipstudio.checkpoints import load_checkpoint
+from clipstudio.config import MAX_LR, MAX_WEIGHT, SEED_MAX, check_numbers
 from clipstudio.errors import ClipstudioError
 from clipstudio.schedules import lr_factor
 from clipstudio.images import atomic_torch_save
@@ -243,6 +244,7 @@ def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: st
     import open_clip
     from tqdm import tqdm
 
+    check_numbers(lr=(lr, 0, MAX_LR), seed=(seed, 0, SEED_MAX), weight_decay=(weight_decay, 0, MAX_WEIGHT))
     if steps <= 0 or batch < 2:
         raise ClipstudioError("--steps must be positive and --batch at least 2")
     torch.set_num_threads(max(1, threads))

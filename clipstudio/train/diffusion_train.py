@@ -31,7 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from clipstudio.checkpoints import load_checkpoint
+from clipstudio.checkpoints import load_checkpoint, require_keys
+from clipstudio.config import MAX_LR, SEED_MAX, check_numbers
 from clipstudio.errors import ClipstudioError
 from clipstudio.schedules import lr_factor
 from clipstudio.images import atomic_torch_save
@@ -179,6 +180,7 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     from clipstudio.worlds.shapes import diffusion_model as SM
     from clipstudio.diffusion.backend import OpenClipTextEncoder
 
+    check_numbers(lr=(lr, 0, MAX_LR), seed=(seed, 0, SEED_MAX), p_uncond=(p_uncond, 0, 1), p_partial=(p_partial, 0, 1), ema_decay=(ema_decay, 0, 1), max_minutes=(max_minutes, 0, 1e7), min_snr=(min_snr, 0, 1e6), default_guidance=(default_guidance, 0, 1e3))
     for name, v in (("steps", steps), ("batch", batch), ("save-every", save_every)):
         if v <= 0:
             raise ClipstudioError(f"--{name} must be positive, got {v}")
@@ -195,7 +197,7 @@ def train(steps: int, batch: int, lr: float, seed: int, out: str, state: Optiona
     tokenizer = SM.make_tokenizer(text_cfg)
 
     if resume and os.path.isfile(state):
-        st = load_checkpoint(state)
+        st = require_keys(load_checkpoint(state), ("config", "unet", "ema", "opt", "step", "elapsed", "losses", "text_tower", "guide"), state)
         cfg = st["config"]
         if cfg["seed"] != seed or cfg["batch"] != batch or cfg.get("space", "pixel") != space:
             raise ClipstudioError(f"--resume: {state} was trained with seed {cfg['seed']} batch {cfg['batch']} "
