@@ -18,7 +18,8 @@ import torch
 
 from clipstudio.diffusion.sampling import bind_cond, cfg_model, check_steps
 from clipstudio.errors import ClipstudioError, missing_extra
-from clipstudio.images import require_finite_image
+from clipstudio.config import SEED_MAX, check_numbers
+from clipstudio.images import check_writable, require_finite_image
 
 # name -> (diffusers scheduler class, what the model must predict, extra kwargs for .step)
 SAMPLER_REGISTRY: dict[str, dict] = {
@@ -368,6 +369,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--list-samplers", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    check_numbers(guidance=(args.guidance, 0, 1e3), guidance_rescale=(args.guidance_rescale, 0, 1), eta=(args.eta, 0, 1), seed=(args.seed, 0, SEED_MAX), n=(args.n, 1, 256), scale=(args.scale, 1, 64), steps=(args.steps, 1, 10_000))
+    check_writable(args.output)  # a directory, a device node or a FIFO is refused before any work
     if args.list_samplers:
         for k, v in SAMPLER_REGISTRY.items():
             print(f"{k:12s} {v['scheduler']:34s} {v['about']}")
