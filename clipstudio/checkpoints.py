@@ -152,7 +152,7 @@ def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False, map_locat
     try:
         return torch.load(path, map_location=map_location, weights_only=False, pickle_module=RESTRICTED_PICKLE)
     except Exception as err:
-        raise ClipstudioError(f"checkpoint {path} could not be read safely ({_first_line(err)})") from None
+        raise ClipstudioError(f"checkpoint {path} is corrupt or not a checkpoint ({_first_line(err)})") from None
 
 
 def checkpoint_state_dict(checkpoint: Any, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:

@@ -370,13 +370,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     check_numbers(guidance=(args.guidance, 0, 1e3), guidance_rescale=(args.guidance_rescale, 0, 1), eta=(args.eta, 0, 1), seed=(args.seed, 0, SEED_MAX), n=(args.n, 1, 256), scale=(args.scale, 1, 64), steps=(args.steps, 1, 10_000))
-    check_writable(args.output)  # a directory, a device node or a FIFO is refused before any work
     if args.list_samplers:
         for k, v in SAMPLER_REGISTRY.items():
             print(f"{k:12s} {v['scheduler']:34s} {v['about']}")
         return 0
     if not args.prompt:
         raise ClipstudioError("diffuse needs a prompt")
+    check_writable(args.output)  # a directory, a device node or a FIFO is refused before any work
     if args.scale < 1:
         raise ClipstudioError(f"--scale must be >= 1, got {args.scale}")
     if args.threads:
