@@ -16,12 +16,14 @@ from pathlib import Path
 from .errors import ClipstudioError
 
 GIB = 1024**3
-# Peak bytes per output pixel, with autograd. pixels and primitives: measured (peak RSS of `generate --steps 2
-# --cutn 2` at 768 px minus that at 256 px, over the pixel difference): Fourier pixels 160 B/px, RGB pixels
-# 125, primitives with the shapes recipe's search 600. vqgan and latent decoders are estimated from their
-# full-resolution activations (taming's decoder keeps ~128 channels x ~20 saved tensors at output size,
-# matching the lineage's reports of ~8 GB at 380x380 and ~16 GB at 600x600 with CLIP included).
-BYTES_PER_PIXEL = {"pixels": 200, "primitives": 700, "vqgan": 30_000, "latent": 8_000}
+# Peak bytes per output pixel, with autograd. pixels: measured (peak RSS of `generate --steps 2 --cutn 2` at
+# 768 px minus that at 256 px, over the pixel difference): Fourier pixels 160 B/px, RGB pixels 125.
+# primitives: the same measurement gave 600 B/px with the shapes recipe's search, but issue 11 saw one 19 GB
+# block at 4096x4096 (1130 B/px: the search judges all options of a choice in one batch), so 1200. vqgan and
+# latent decoders are estimated from their full-resolution activations (taming's decoder keeps ~128 channels x
+# ~20 saved tensors at output size, in line with the lineage's reports of ~8 GB at 380x380 and ~16 GB at
+# 600x600 with CLIP included).
+BYTES_PER_PIXEL = {"pixels": 200, "primitives": 1_200, "vqgan": 30_000, "latent": 8_000}
 DEFAULT_BYTES_PER_PIXEL = 8_000  # a generator registered later, unknown here: assume a decoder
 # Peak bytes per guide-input pixel of each cutout, through the CLIP model and back (ViT-B/32 at 224 px: ~75 MB
 # a cutout).
