@@ -205,15 +205,14 @@ def test_our_temporary_names_are_recognisable(tmp_path, monkeypatch):
 # --- resources -----------------------------------------------------------------------------------------------
 
 def test_oversized_run_fails_fast_naming_the_setting(tmp_path, capsys, monkeypatch):
-    import clipstudio.guide.clip as clip_module
+    import clipstudio.studio as studio_module
 
     loaded = []
-    monkeypatch.setattr(clip_module, "load_clip", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(studio_module, "load_clip", lambda *a, **k: loaded.append(a))
     monkeypatch.setattr(resources, "available_bytes", lambda device="cpu": 8 * resources.GIB)
-    start = time.perf_counter()
     line = assert_one_line(["generate", "a red circle", "--size", 4096, 4096, "-o", tmp_path / "o.png"], capsys,
                            "lower --size")
-    assert time.perf_counter() - start < 10 and not loaded and "GiB" in line
+    assert not loaded and "GiB" in line  # refused before any model was loaded
 
 
 def test_many_cutouts_name_cutn(tmp_path, capsys, monkeypatch):
