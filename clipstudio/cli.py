@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clipstudio: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # the run's estimate passed but the machine disagreed (other processes grew)
+        print("clipstudio: error: out of memory; lower --size or --cutn", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # the environment, not the code: a read-only folder, a full disk, a lost mount
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"clipstudio: error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,92 @@ from .errors import ClipstudioError
 DEFAULT_CLIP = "ViT-B-32:openai"  # the lineage's guide; worlds' recipes name their own
 
 OPTIMIZERS = ("adam", "adamw")
+
 from .schedules import SCHEDULES
+
+# Bounds of the numeric settings, (low, high) inclusive. Adam moves a parameter by about lr a step, and every
+# generator's latents live within a few units, so an lr above MAX_LR can only make noise (1e38 overflows to
+# inf in float32); MAX_WEIGHT bounds loss weights the same way.
+MAX_LR = 1e3
+MAX_WEIGHT = 1e6
+SEED_MIN, SEED_MAX = 0, 2**63 - 1  # torch.manual_seed takes 64 bits; numpy's generators take any int >= 0
+RANGES: dict[str, tuple[float, float]] = {
+    "steps": (0, 10**9), "warmup": (0, 10**9), "lr": (0, MAX_LR), "weight_decay": (0, MAX_WEIGHT),
+    "cutn": (1, 4096), "cut_pow": (0, 100), "cut_min": (1e-3, 1), "cut_noise": (0, 10),
+    "search": (0, 1000), "search_restarts": (1, 1000), "candidates": (1, 10000),
+}
+# Settings that must never come from a file: trust is an argument of the current command line only.
+RUNTIME_ONLY = frozenset({"trust_checkpoint"})
+
+
+def check_field_types(obj: Any) -> None:
+    """Each field of a config dataclass has the type of its default (ints for ints, numbers for floats,
+    lists of strings for lists, mappings with string keys for dicts, text or None for optional paths)."""
+    for f in dataclasses.fields(obj):
+        value, default = getattr(obj, f.name), _default(f)
+        flag = f.name.replace("_", "-")
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, list):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif isinstance(default, dict):
+            ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        else:  # optional paths and names
+            ok = value is None or isinstance(value, str)
+        if not ok:
+            want = {bool: "true or false", int: "an integer", float: "a number", str: "text",
+                    list: "a list of text", dict: "a mapping"}.get(type(default), "text or nothing")
+            raise ClipstudioError(f"setting {flag} must be {want}, got {type(value).__name__} {_short(value)}")
+
+
+def check_finite(value: Any, where: str = "settings") -> None:
+    """No NaN or infinity anywhere in ``value`` (nested mappings and lists included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ClipstudioError(f"{where} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{key}".replace("_", "-") if where == "settings" else f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_finite(item, where)
+
+
+def check_ranges(obj: Any, ranges: dict[str, tuple[float, float]]) -> None:
+    """Each named numeric field within its inclusive (low, high) range."""
+    for name, (low, high) in ranges.items():
+        value = getattr(obj, name)
+        if not low <= value <= high:
+            raise ClipstudioError(f"{name.replace('_', '-')} must be between {low:g} and {high:g}, got {_short(value)}")
+
+
+def check_numbers(**specs: tuple[Any, float, float]) -> None:
+    """``name=(value, low, high)``: each value a finite number within [low, high] (None: not given, skipped).
+    The one check for options that are not fields of a config dataclass (training, sampling)."""
+    for name, (value, low, high) in specs.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ClipstudioError(f"{flag} must be a finite number, got {_short(value)}")
+        if not low <= value <= high:
+            raise ClipstudioError(f"{flag} must be between {low:g} and {high:g}, got {_short(value)}")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -61,36 +147,37 @@ class GenerateConfig:
     dtype: str = "float32"  # bfloat16 or float16: the losses (the CLIP forward) run under autocast where supported
 
     def validate(self) -> GenerateConfig:
-        """Check values a user can get wrong; each problem is one line of error."""
+        """Check values a user can get wrong (types, ranges, finiteness); each problem is one line of error.
+
+        The same check serves the CLI, ``--from`` images, recipes and the Python API.
+        """
+        check_field_types(self)
+        check_finite(self.to_full_dict())
+        for key in ("generator_options", "layout_options"):
+            if RUNTIME_ONLY & set(getattr(self, key)):
+                raise ClipstudioError(f"{key} may not hold trust_checkpoint: trust is given on the command line "
+                                      "of a run (--trust-checkpoint), never by settings")
         if not self.prompt.strip() and not self.image_prompts:
             raise ClipstudioError("give a prompt (or an --image-prompt)")
-        if self.steps < 0:
-            raise ClipstudioError(f"steps must be 0 or more, got {self.steps}")
         if not (8 <= self.width <= 4096 and 8 <= self.height <= 4096):
             raise ClipstudioError(f"size must be between 8 and 4096 pixels a side, got {self.width}x{self.height}")
         if self.optimizer not in OPTIMIZERS:
             raise ClipstudioError(f"unknown optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ClipstudioError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
-        for name in ("lr", "cut_pow", "cut_noise", "weight_decay"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ClipstudioError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-        if self.search < 0:
-            raise ClipstudioError(f"search needs 0 or more sweeps, got {self.search}")
-        if self.search_restarts < 1:
-            raise ClipstudioError(f"search-restarts must be at least 1, got {self.search_restarts}")
-        if self.candidates < 1:
-            raise ClipstudioError(f"candidates must be at least 1, got {self.candidates}")
-        if self.cutn < 1:
-            raise ClipstudioError(f"cutn must be at least 1, got {self.cutn}")
+        check_ranges(self, RANGES)
+        if not (SEED_MIN <= self.seed and self.seed + self.candidates - 1 <= SEED_MAX):
+            raise ClipstudioError(f"seed must be between {SEED_MIN} and {SEED_MAX} (minus candidates), got {self.seed}")
         if not self.clip:
             raise ClipstudioError("give at least one CLIP model")
         if self.dtype not in DTYPES:
             raise ClipstudioError(f"unknown dtype '{self.dtype}'; choose one of: {', '.join(DTYPES)}")
         for name, weight in self.losses.items():
-            if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-                raise ClipstudioError(f"the weight of loss '{name}' must be a finite number >= 0, got {weight}")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight <= MAX_WEIGHT:
+                raise ClipstudioError(f"the weight of loss '{name}' must be a number in [0, {MAX_WEIGHT:g}], got {weight}")
+        for name, options in self.loss_options.items():
+            if not isinstance(options, dict):
+                raise ClipstudioError(f"loss_options of '{name}' must be a mapping, got {type(options).__name__}")
         if any(self.losses.get(name) for name in ("perceptual", "anchor")) and not self.init_image:
             raise ClipstudioError("--perceptual and --anchor compare against an init image: give --init-image")
         return self
@@ -108,7 +195,10 @@ class GenerateConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerateConfig:
         """Build a config from a recipe or a PNG's settings; unknown keys are an error, not silently dropped."""
-        data = _migrate(data)
+        try:
+            data = _migrate(data)
+        except (TypeError, ValueError, AttributeError) as err:  # a mapping where a list was, and so on
+            raise ClipstudioError(f"bad settings: {err}") from None
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -131,8 +221,11 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Bring settings written by older versions to today's names (so ``--from`` keeps working)."""
     if not isinstance(data, dict):
         raise ClipstudioError(f"settings must be a mapping of setting: value, got {type(data).__name__}")
-    data = dict(data)
-    losses = dict(data.get("losses") or {})
+    data = _without_runtime_only(dict(data))
+    losses = data.get("losses") or {}
+    if not isinstance(losses, dict):
+        raise ClipstudioError(f"setting losses must be a mapping of name: weight, got {type(losses).__name__}")
+    losses = dict(losses)
     for name in _OLD_LOSS_FIELDS:
         if name in data:
             weight = data.pop(name)
@@ -147,6 +240,18 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
         data["layout"] = "none"
     if data.get("search", 0) is None:
         data["search"] = 0
+    return data
+
+
+def _without_runtime_only(data: dict[str, Any]) -> dict[str, Any]:
+    """Settings from a file with ``trust_checkpoint`` removed (older versions recorded it): trust comes from the
+    command line of the current run only, so a PNG or a recipe can never make a run unpickle a checkpoint."""
+    for key in ("generator_options", "layout_options"):
+        options = data.get(key)
+        if isinstance(options, dict) and RUNTIME_ONLY & set(options):
+            data[key] = {k: v for k, v in options.items() if k not in RUNTIME_ONLY}
+            warnings.warn(f"ignored trust_checkpoint in the {key} of these settings: trust comes only from "
+                          "--trust-checkpoint on the command line")
     return data
 
 

@@ -57,7 +57,7 @@ def _read_world(folder: Path) -> World:
     path = folder / "world.json"
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise ClipstudioError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise ClipstudioError(f"{path} must be a JSON object with a 'name'")
@@ -67,13 +67,22 @@ def _read_world(folder: Path) -> World:
 
     models = []
     for kind in ("clip", "diffusion"):
-        for name, entry in (data.get(kind) or {}).items():
+        entries = data.get(kind) or {}
+        if not isinstance(entries, dict):
+            raise ClipstudioError(f"{path}: '{kind}' must be an object of model name: entry")
+        for name, entry in entries.items():
             if not isinstance(entry, dict) or not isinstance(entry.get("checkpoint"), str):
                 raise ClipstudioError(f"{path}: model '{name}' needs a 'checkpoint' path")
+            loader = entry.get("loader")
+            if loader is not None and not (isinstance(loader, str) and ":" in loader):
+                raise ClipstudioError(f"{path}: the loader of model '{name}' must be 'module:function'")
             card = folder / entry["card"] if isinstance(entry.get("card"), str) else None
             models.append(EmbeddedModel(name, kind, data["name"], folder / entry["checkpoint"], card,
-                                        entry.get("loader"), str(entry.get("about", ""))))
-    return World(data["name"], folder, str(data.get("about", "")), data.get("default_recipe"),
+                                        loader, str(entry.get("about", ""))))
+    default_recipe = data.get("default_recipe")
+    if default_recipe is not None and not isinstance(default_recipe, str):
+        raise ClipstudioError(f"{path}: 'default_recipe' must be a recipe name")
+    return World(data["name"], folder, str(data.get("about", "")), default_recipe,
                  sub("model_configs"), sub("recipes"), tuple(models))
 
 

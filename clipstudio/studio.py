@@ -16,16 +16,18 @@ import torch
 from PIL import Image
 
 from ._version import __version__
+from .checkpoints import load_checkpoint
 from .config import GenerateConfig
 from .devices import autocast, resolve_device, rng_state, set_rng_state
 from .errors import ClipstudioError
 from .generators import build_generator, generator_class
 from .generators.base import Choice
-from .guide.clip import load_clip
+from .guide.clip import clip_input_size, load_clip
 from .guide.cutouts import CutoutParams, Cutouts
 from .guide.prompts import Prompt, image_prompt, negative_prompt, parse_prompts
 from .images import atomic_write, load_image, save_png, tensor_to_pil
 from .losses import ClipLoss, LossContext, build_loss
+from .resources import check_fits, estimate_peak_bytes
 from .schedules import lr_factor
 
 
@@ -74,7 +76,17 @@ def validate_config(config: GenerateConfig) -> GenerateConfig:
     from .losses import LOSSES, list_losses
 
     config.validate()
-    resolve_device(config.device)  # a device this machine lacks is one line, before any model loads
+    resolve_device(config.device)  # a CUDA device on a machine without one fails here, before any work
+    if config.prompt.strip():
+        parse_prompts(config.prompt)  # malformed or unbounded weights fail before models load
+    for text in config.negative:
+        negative_prompt(text)
+    for spec in config.image_prompts:
+        _require_file(image_prompt(spec).text, "image prompt")
+    if config.init_image:
+        _require_file(config.init_image, "init image")
+    if config.weights_dir and not Path(config.weights_dir).expanduser().is_dir():
+        raise ClipstudioError(f"weights folder not found: {config.weights_dir}")
     if config.generator not in GENERATORS:
         raise ClipstudioError(f"unknown generator '{config.generator}'; choose one of: {', '.join(list_generators())}")
     if config.layout != "none" and config.layout not in GENERATORS:
@@ -88,21 +100,38 @@ def validate_config(config: GenerateConfig) -> GenerateConfig:
     return config
 
 
+def _require_file(path: str, what: str) -> None:
+    if not Path(path).expanduser().is_file():
+        raise ClipstudioError(f"image not found: {path} (the {what})")
+
+
+def check_memory(config: GenerateConfig) -> None:
+    """Fail in a second, with one line naming the setting to lower, when the run's estimated peak memory
+    (:func:`clipstudio.resources.estimate_peak_bytes`) exceeds what the device has free."""
+    guide_size = max(clip_input_size(spec) for spec in config.clip)
+    parts = estimate_peak_bytes(config.width, config.height, config.cutn, guide_size, config.generator,
+                                guides=len(config.clip))
+    check_fits(parts, str(resolve_device(config.device)))
+
+
 class Studio:
     """One guided-generation run that can be stepped: ``studio.step()``, ``studio.image()``, ``studio.run()``.
 
     The optimizer uses only the generator contract: ``parameters()``, ``forward()`` and ``post_step()``.
     """
 
-    def __init__(self, config: GenerateConfig):
+    def __init__(self, config: GenerateConfig, *, trust_checkpoint: bool = False):
         self.config = validate_config(config)
+        # Not a setting: trust comes from the command line of the current run, never from a file.
+        self.trust_checkpoint = trust_checkpoint is True
+        check_memory(config)  # before any model loads
         self.device = resolve_device(config.device)
         self.guides = [load_clip(spec, str(self.device), config.weights_dir) for spec in config.clip]
         torch.manual_seed(config.seed)  # after model loading, which may or may not draw random numbers
         self.init_image = load_image(config.init_image).to(self.device) if config.init_image else None
         layout = resolve_layout(config)
         if layout:  # coarse to fine: the layout generator's searched image is the init of this one
-            layout_studio = Studio(layout_config(config, layout))
+            layout_studio = Studio(layout_config(config, layout), trust_checkpoint=self.trust_checkpoint)
             layout_studio.run()
             self.init_image = layout_studio.image_tensor()
         self.generator = build_generator(
@@ -130,6 +159,8 @@ class Studio:
         accepts = inspect.signature(generator_class(self.config.generator).__init__).parameters
         if self.config.weights_dir and "weights_dir" in accepts:
             options.setdefault("weights_dir", self.config.weights_dir)
+        if self.trust_checkpoint and "trusted" in accepts:
+            options["trusted"] = True
         return options
 
     def _prompts(self) -> list[Prompt]:
@@ -292,14 +323,36 @@ class Studio:
                 "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`; a run with other settings is refused (the device may differ)."""
-        if not isinstance(state, dict) or _portable(state.get("settings")) != _portable(self.config.to_full_dict()):
+        """Continue from :meth:`state_dict`; a run with other settings, or a state with a missing or malformed
+        part, is refused with one line (and leaves this studio as it was)."""
+        if not isinstance(state, dict):
+            raise ClipstudioError(f"the checkpoint is not a run state (a {type(state).__name__})")
+        missing = [key for key in ("settings", "step", "skipped", "history", "generator", "optimizer", "rng")
+                   if key not in state]
+        if missing:
+            raise ClipstudioError(f"the checkpoint lacks {', '.join(missing)}; it is not a clipstudio run state")
+        if _portable(state["settings"]) != _portable(self.config.to_full_dict()):  # the device may differ
             raise ClipstudioError("the checkpoint was made with other settings; refusing to resume from it")
-        self.generator.load_state_dict(state["generator"])  # copies onto this run's device
-        self.optimizer.load_state_dict(state["optimizer"])  # casts its state to the parameters' device
-        self.step_index, self.skipped = int(state["step"]), int(state["skipped"])
-        self.history = list(state["history"])
-        set_rng_state(state["rng"])
+        step, skipped, history, rng = state["step"], state["skipped"], state["history"], state["rng"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, skipped)) \
+                or not 0 <= skipped <= step <= self.config.steps:
+            raise ClipstudioError(f"the checkpoint's step counts are impossible (step {step!r}, skipped "
+                                  f"{skipped!r}, of {self.config.steps} steps)")
+        if not isinstance(history, list) or not all(isinstance(v, float) for v in history):
+            raise ClipstudioError("the checkpoint's loss history is not a list of numbers")
+        generator_before = copy.deepcopy(self.generator.state_dict())
+        try:
+            self.generator.load_state_dict(state["generator"])
+            self.optimizer.load_state_dict(state["optimizer"])  # casts its state to the parameters' device
+            set_rng_state(rng)  # saved device-neutral; a malformed one is one line
+        except ClipstudioError:
+            self.generator.load_state_dict(generator_before)
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+            self.generator.load_state_dict(generator_before)
+            detail = " ".join(str(err).split())[:200] or type(err).__name__
+            raise ClipstudioError(f"the checkpoint does not fit this run ({detail})") from None
+        self.step_index, self.skipped, self.history = step, skipped, list(history)
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write :meth:`state_dict` atomically, so a power cut leaves the previous checkpoint intact."""
@@ -311,10 +364,9 @@ class Studio:
         if not path.is_file():
             return False
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)  # GPU-saved files load anywhere
-        except Exception as err:  # a torn or foreign file: say so rather than start over silently
-            raise ClipstudioError(f"cannot resume from {path}: {type(err).__name__}; delete it to start over") from None
-        self.load_state_dict(state)
+            self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        except ClipstudioError as err:  # a torn or foreign file: say so rather than start over silently
+            raise ClipstudioError(f"cannot resume from {path}: {err}; delete it to start over") from None
         return True
 
     @torch.no_grad()
@@ -358,6 +410,10 @@ class Studio:
         bar.close()
         if checkpoint:
             self.save_checkpoint(checkpoint)
+        ran = self.step_index - steps_at_start
+        if ran and self.skipped >= self.step_index and not self.history:
+            raise ClipstudioError(f"all {self.step_index} steps were skipped (the loss or its gradient was never "
+                                  "finite): nothing was written; check the prompt weights and --lr")
         return self.result(seconds=time.perf_counter() - start, steps_run=self.step_index - steps_at_start)
 
     def result(self, seconds: float = 0.0, steps_run: int = 0) -> GenerateResult:

@@ -155,8 +155,8 @@ def test_search_with_restarts_is_seeded_and_runs_once(tiny_options):
 
 
 def test_search_settings_are_checked(tiny_options):
-    for bad, message in (({"search": -1}, "0 or more sweeps, got -1"),
-                         ({"search_restarts": 0}, "search-restarts must be at least 1, got 0")):
+    for bad, message in (({"search": -1}, "search must be between 0 and 1000, got -1"),
+                         ({"search_restarts": 0}, "search-restarts must be between 1 and 1000, got 0")):
         with pytest.raises(ClipstudioError, match=message):
             clipstudio.make_config("a red circle", **{**tiny_options, **bad}).validate()
 

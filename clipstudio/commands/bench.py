@@ -25,12 +25,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise ClipstudioError(f"--repeat must be at least 1, got {args.repeat}")
+    if not 0 <= args.threads <= 1024:
+        raise ClipstudioError(f"--threads must be between 0 (torch's default) and 1024, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
     settings.setdefault("prompt", "a red circle on a blue background")
     config = validate_config(GenerateConfig.from_dict(settings))
-    studio = Studio(config)
+    studio = Studio(config, trust_checkpoint=args.trust_checkpoint)
     studio.step()
     start = time.perf_counter()
     for _ in range(args.repeat):

@@ -51,14 +51,15 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     for name, text in SHORTHAND_LOSSES.items():
         parser.add_argument(f"--{name}", type=float, default=S, help=f"{text} (same as --loss {name}=W)")
     parser.add_argument("--perceptual-net", default=S, help="LPIPS backbone: alex, vgg or squeeze")
-    parser.add_argument("--trust-checkpoint", action="store_true", default=S,
-                        help="allow unpickling a checkpoint that cannot be loaded safely (only for files you trust)")
+    parser.add_argument("--trust-checkpoint", action="store_true", default=False,
+                        help="allow a full unpickle of a checkpoint that cannot be loaded safely, for this run only "
+                             "(never recorded in the output; only for files you trust)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings a user asked for: a --from PNG's or a recipe's, then each option typed."""
-    from ..images import read_png_settings
+    from ..images import read_png_run_settings
     from ..recipes import recipe_settings
 
     given = vars(args)
@@ -69,7 +70,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         typed["width"], typed["height"] = given["size"]
     settings: dict[str, Any] = {}
     if args.from_png:
-        settings.update(read_png_settings(args.from_png).get("settings", {}))
+        settings.update(read_png_run_settings(args.from_png))
     recipe = args.recipe or (None if args.from_png or "clip" in typed else DEFAULT_RECIPE)
     if recipe:
         settings.update(recipe_settings(recipe, {**settings, **typed}))
@@ -80,6 +81,9 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _merge_mapping_options(settings: dict[str, Any], given: dict[str, Any]) -> None:
     """``--gen-opt``, ``--layout-opt``, ``--loss`` and the loss shorthands into their mapping settings."""
+    for key in ("generator_options", "layout_options", "losses", "loss_options"):
+        if not isinstance(settings.get(key, {}), dict):  # from a --from image or a recipe
+            raise ClipstudioError(f"setting {key} must be a mapping, got {type(settings[key]).__name__}")
     for key, option in (("generator_options", "gen_opt"), ("layout_options", "layout_opt")):
         if option in given:
             settings[key] = {**settings.get(key, {}), **dict(given[option])}
@@ -92,8 +96,6 @@ def _merge_mapping_options(settings: dict[str, Any], given: dict[str, Any]) -> N
         options = dict(settings.get("loss_options", {}))
         options["perceptual"] = {**options.get("perceptual", {}), "net": given["perceptual_net"]}
         settings["loss_options"] = options
-    if given.get("trust_checkpoint"):
-        settings["generator_options"] = {**settings.get("generator_options", {}), "trust_checkpoint": True}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
     from ..studio import Studio, validate_config
 
     config = validate_config(GenerateConfig.from_dict(settings_from_args(args)))
+    _check_run_options(args, config)
     output = check_writable(args.output)  # fail before the work, not after
+    if args.checkpoint:
+        check_writable(args.checkpoint)
     if config.candidates > 1:
         if args.checkpoint or args.save_every:
             raise ClipstudioError("--checkpoint and --save-every follow one run: add --candidates 1")
@@ -122,8 +127,11 @@ def run(args: argparse.Namespace) -> int:
     frames_dir = None
     if args.save_every:
         frames_dir = output.with_name(output.stem + "_frames")
-        frames_dir.mkdir(exist_ok=True)
-    studio = Studio(config)
+        try:
+            frames_dir.mkdir(exist_ok=True)
+        except OSError as err:
+            raise ClipstudioError(f"cannot make the frames folder {frames_dir}: {err.strerror or err}") from None
+    studio = Studio(config, trust_checkpoint=args.trust_checkpoint)
     if args.checkpoint and studio.resume(args.checkpoint):
         print(f"resumed from {args.checkpoint} at step {studio.step_index}")
     result = studio.run(progress=not args.quiet, frames_dir=frames_dir, save_every=args.save_every,
@@ -133,6 +141,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {output} ({result.steps_run} steps in {result.seconds:.1f} s, "
           f"{result.seconds_per_step:.3f} s/step{skipped}; loss {result.losses['total']:.4f})")
     return 0
+
+
+def _check_run_options(args: argparse.Namespace, config: GenerateConfig) -> None:
+    """The options of this command that are not settings, checked before any work."""
+    if args.save_every < 0:
+        raise ClipstudioError(f"--save-every must be 0 (off) or more, got {args.save_every}")
+    if args.checkpoint_every < 1:
+        raise ClipstudioError(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}")
+    if not 1 <= args.keep <= config.candidates:
+        raise ClipstudioError(f"--keep must be between 1 and --candidates ({config.candidates}), got {args.keep}")
 
 
 def _ranked_path(output: Path, rank: int, keep: int) -> Path:

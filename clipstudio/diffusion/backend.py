@@ -18,6 +18,8 @@ import torch
 
 from clipstudio.diffusion.sampling import bind_cond, cfg_model, check_steps, list_samplers, sampler_entry
 from clipstudio.errors import ClipstudioError, missing_extra
+from clipstudio.config import SEED_MAX, check_numbers
+from clipstudio.images import check_writable, require_finite_image
 
 def _diffusers(what: str):
     try:
@@ -237,7 +239,7 @@ class CFGBackend:
 def to_pil(images: torch.Tensor) -> list:
     """PIL images from an n x 3 x H x W tensor in [0, 1]."""
     from PIL import Image
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = (require_finite_image(images).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
 
 

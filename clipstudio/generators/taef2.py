@@ -18,6 +18,7 @@ import os
 import torch
 from torch import nn
 
+from ..checkpoints import load_checkpoint
 from ..errors import ClipstudioError
 
 FACTOR = 8  # spatial down/up-sampling of the encoder/decoder
@@ -82,7 +83,7 @@ def taef2_decoder(latent_channels: int = 32, width: int = 64) -> nn.Sequential:
 def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True)`` of a plain state dict; a bad file is a one-line error."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path)
     except FileNotFoundError:
         raise ClipstudioError(f"{what}: file not found: {path}") from None
     except Exception as err:  # torch raises several types for truncated/foreign files

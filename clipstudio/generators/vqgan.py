@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,22 +25,12 @@ from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
 
 from .. import weights
+from ..checkpoints import checkpoint_state_dict, load_checkpoint
 from ..errors import ClipstudioError
 from .base import Generator, clamp_with_grad, resize_init
 from .latent import fit_output, latent_grid
 
 DEFAULT_MODEL = "vqgan_imagenet_f16_16384"
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
-
-
-def parse_bool(value: bool | str, name: str) -> bool:
-    """A bool option that may arrive as a CLI string (``true``/``false``/``1``/``0``/``yes``/``no``)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise ClipstudioError(f"option {name} must be true or false, got {value!r}")
 
 
 # --- model description and loading -----------------------------------------------------------------------
@@ -123,47 +111,21 @@ class VQGANAutoencoder(nn.Module):
 
 
 def load_checkpoint_state(path: str | os.PathLike, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """The model state dict of a (Lightning) checkpoint, loaded with ``weights_only=True``.
+    """The model state dict of a (Lightning) checkpoint, through :func:`clipstudio.checkpoints.load_checkpoint`.
 
-    Old Lightning checkpoints also pickle training objects that the safe loader refuses; loading those
-    runs arbitrary code from the file, so it needs an explicit ``trust_checkpoint=True``.
+    The released taming ``.ckpt`` files pickle Lightning callbacks and hyper-parameter objects beside the
+    ``state_dict``; the restricted unpickler turns those into inert stubs (nothing runs, pytorch-lightning
+    need not be installed). ``trust_checkpoint`` (from the command line only) allows a full unpickle instead.
     """
     path = Path(path)
     if not path.is_file():
         raise ClipstudioError(f"VQGAN checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0]
-        if "Weights only load failed" not in first:
-            raise ClipstudioError(f"VQGAN checkpoint {path} is corrupt or not a checkpoint ({first})") from None
-        if not trust_checkpoint:
-            found = re.search(r"GLOBAL ([\w.]+)", str(err))
-            culprit = f"e.g. {found.group(1)}" if found else "refused by the weights-only loader"
-            raise ClipstudioError(
-                f"VQGAN checkpoint {path} pickles objects beyond tensors ({culprit}); "
-                "loading it can run code from the file: if you trust its source, pass --trust-checkpoint "
-                "(option trust_checkpoint=true)"
-            ) from None
-        ckpt = _load_trusted(path)
-    except Exception as err:  # truncated zip, foreign bytes, ...: several exception types
-        raise ClipstudioError(
-            f"VQGAN checkpoint {path} is corrupt or not a checkpoint ({str(err).splitlines()[0]})"
-        ) from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ClipstudioError(f"VQGAN checkpoint {path} has no state_dict of tensors")
+        state = checkpoint_state_dict(load_checkpoint(path, trusted=trust_checkpoint), path)
+    except ClipstudioError as err:
+        raise ClipstudioError(f"VQGAN {err}") from None
     # Training-only parts (discriminator, LPIPS) live under "loss."; inference does not build them.
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and not k.startswith("loss.")}
-
-
-def _load_trusted(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ClipstudioError(
-            f"VQGAN checkpoint {path} could not be unpickled even when trusted ({str(err).splitlines()[0]})"
-        ) from None
+    return {k: v for k, v in state.items() if not k.startswith("loss.")}
 
 
 def load_vqgan(checkpoint: str | os.PathLike, config: str | os.PathLike,
@@ -224,16 +186,17 @@ class VQGANGenerator(Generator):
     """VQGAN latents from a taming-transformers checkpoint.
 
     Options: ``model=NAME`` (one of :data:`clipstudio.weights.VQGAN_MODELS`, fetched through the weights
-    module; default ``vqgan_imagenet_f16_16384``) or ``checkpoint=PATH config=PATH``; ``trust_checkpoint``
-    (allow unpickling a checkpoint that is not weights-only); ``weights_dir`` (where to look for named models).
+    module; default ``vqgan_imagenet_f16_16384``) or ``checkpoint=PATH config=PATH``; ``weights_dir`` (where to
+    look for named models). ``trusted`` is no option but a runtime argument (``--trust-checkpoint`` of the
+    current command line): it allows a full unpickle of the checkpoint, which a setting never can.
     """
 
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None, *,
                  model: str | None = None, checkpoint: str | None = None, config: str | None = None,
-                 trust_checkpoint: bool | str = False, weights_dir: str | None = None, **options: Any):
+                 weights_dir: str | None = None, trusted: bool = False, **options: Any):
         super().__init__(size, init_image, **options)
         ckpt_path, config_path = resolve_files(model, checkpoint, config, weights_dir)
-        self.model = load_vqgan(ckpt_path, config_path, parse_bool(trust_checkpoint, "trust_checkpoint"))
+        self.model = load_vqgan(ckpt_path, config_path, trusted is True)
         self.factor = self.model.config.factor
         grid_w, grid_h = latent_grid(self.width, self.height, self.factor)
         codebook = self.model.codebook

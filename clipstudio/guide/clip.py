@@ -25,11 +25,40 @@ def _register_configs() -> None:
     """Register our model configs with open_clip, and any folders named in ``CLIPSTUDIO_MODEL_CONFIGS``."""
     import open_clip
 
-    for folder in embedded.model_config_dirs():
+    folders = [*embedded.model_config_dirs(),
+               *(Path(f) for f in os.environ.get("CLIPSTUDIO_MODEL_CONFIGS", "").split(os.pathsep) if f)]
+    for folder in folders:
+        _check_model_configs(folder)  # open_clip would raise a bare JSONDecodeError on the first bad file
+    for folder in folders:
         open_clip.add_model_config(folder)
-    for folder in os.environ.get("CLIPSTUDIO_MODEL_CONFIGS", "").split(os.pathsep):
-        if folder:
-            open_clip.add_model_config(Path(folder))
+
+
+def _check_model_configs(folder: Path) -> None:
+    """Each model-config JSON in ``folder`` is a readable JSON object with the sections open_clip needs."""
+    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as err:
+            raise ClipstudioError(f"corrupt CLIP model config {path}: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("vision_cfg", "text_cfg")):
+            raise ClipstudioError(f"CLIP model config {path} needs 'vision_cfg' and 'text_cfg' objects")
+
+
+def clip_input_size(spec: str) -> int:
+    """The image side the CLIP model ``spec`` takes, read from its open_clip config without loading (or
+    downloading) anything; 224 when the config does not say."""
+    import open_clip
+
+    _register_configs()
+    arch = spec if spec in embedded.embedded_models("clip") else spec.partition(":")[0]
+    path = Path(spec)
+    if arch not in open_clip.list_models() and path.is_file():
+        arch = _sidecar_arch(path) or arch
+    size = ((open_clip.get_model_config(arch) or {}).get("vision_cfg") or {}).get("image_size", 224)
+    try:
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+    except (TypeError, ValueError):
+        return 224
 
 
 def list_clip_models() -> list[str]:
@@ -59,8 +88,9 @@ def _sidecar_arch(path: Path) -> str | None:
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         try:
-            return json.loads(sidecar.read_text()).get("model")
-        except (OSError, ValueError):
+            data = json.loads(sidecar.read_text())
+            return data.get("model") if isinstance(data, dict) and isinstance(data.get("model"), str) else None
+        except (OSError, ValueError, RecursionError):
             return None
     return None
 

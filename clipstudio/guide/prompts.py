@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from ..errors import ClipstudioError
 
+# CLIP losses are about 1, so a weight's size only sets its share against the others; past this bound the
+# weighted loss overflows float32 (``cat:1e300`` made every step non-finite).
+MAX_PROMPT_WEIGHT = 1e4
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -34,6 +38,9 @@ def _parse_number(field: str, what: str, whole: str) -> float:
         raise ClipstudioError(f"malformed prompt {what} '{field}' in '{whole}': expected a number") from None
     if not math.isfinite(value) and not (what == "stop" and value == -math.inf):
         raise ClipstudioError(f"prompt {what} must be finite in '{whole}'")
+    if what == "weight" and abs(value) > MAX_PROMPT_WEIGHT:
+        raise ClipstudioError(f"prompt weight {field} is too large in '{whole}' (at most {MAX_PROMPT_WEIGHT:g} "
+                              "either way; weights are relative)")
     return value
 
 

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipstudio.checkpoints import load_checkpoint
+from clipstudio.config import MAX_LR, MAX_WEIGHT, SEED_MAX, check_numbers
 from clipstudio.errors import ClipstudioError
 from clipstudio.schedules import lr_factor
 from clipstudio.images import atomic_torch_save
@@ -242,6 +244,7 @@ def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: st
     import open_clip
     from tqdm import tqdm
 
+    check_numbers(lr=(lr, 0, MAX_LR), seed=(seed, 0, SEED_MAX), weight_decay=(weight_decay, 0, MAX_WEIGHT))
     if steps <= 0 or batch < 2:
         raise ClipstudioError("--steps must be positive and --batch at least 2")
     torch.set_num_threads(max(1, threads))
@@ -249,7 +252,7 @@ def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: st
     register_configs()
     model, tokenizer = create_model(model_name)
     if init:
-        model.load_state_dict({k: v.float() for k, v in torch.load(init, map_location="cpu", weights_only=True).items()})
+        model.load_state_dict({k: v.float() for k, v in load_checkpoint(init).items()})
     tok = CachedTokenizer(tokenizer)
     state_path = state_path or str(out) + ".state"
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
@@ -261,7 +264,7 @@ def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: st
     if resume:
         if not os.path.exists(state_path):
             raise ClipstudioError(f"--resume: no training state at {state_path}")
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        st = load_checkpoint(state_path)
         if st["model_name"] != model_name:
             raise ClipstudioError(f"--resume: {state_path} is for {st['model_name']}, not {model_name}")
         model.load_state_dict(st["model"])
@@ -321,7 +324,7 @@ def write_card(checkpoint: str, command: str, accuracy: dict[str, float], eval_c
     The training parameters are read back from the resume-state file when present.
     """
     ckpt = Path(checkpoint)
-    sd = torch.load(ckpt, map_location="cpu", weights_only=True)
+    sd = load_checkpoint(ckpt)
     name = ckpt.stem
     card = {
         "model": name,

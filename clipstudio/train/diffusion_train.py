@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from clipstudio import weights
+from clipstudio.checkpoints import load_checkpoint, require_keys
+from clipstudio.config import MAX_LR, SEED_MAX, check_numbers
 from clipstudio.errors import ClipstudioError
 from clipstudio.images import atomic_torch_save, atomic_write
 from clipstudio.schedules import lr_factor
@@ -74,6 +76,7 @@ class DiffusionTrainConfig:
 
     def validate(self) -> DiffusionTrainConfig:
         """Check ranges; each problem is one line of error, raised before any work."""
+        check_numbers(lr=(self.lr, 0, MAX_LR), seed=(self.seed, 0, SEED_MAX))
         for name in ("steps", "batch", "save_every"):
             if getattr(self, name) <= 0:
                 raise ClipstudioError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -165,7 +168,7 @@ def encode_dataset(scenes: Sequence, encoder: torch.nn.Module, path: str | os.Pa
     done = torch.zeros(0)
     if os.path.isfile(path):
         try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
+            cached = load_checkpoint(path)
         except Exception:  # an unreadable cache is only lost work: encode again
             print(f"warning: latent cache {path} is unreadable; encoding again", file=sys.stderr)
             cached = {}
@@ -239,7 +242,7 @@ def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optio
     tokenizer = SM.make_tokenizer(text_cfg)
 
     if resume and os.path.isfile(state):
-        st = torch.load(state, map_location="cpu", weights_only=True)
+        st = require_keys(load_checkpoint(state), ("config", "unet", "ema", "opt", "step", "elapsed", "losses", "text_tower", "guide"), state)
         cfg = st["config"]
         if cfg["seed"] != seed or cfg["batch"] != batch or cfg.get("space", "pixel") != space:
             raise ClipstudioError(f"--resume: {state} was trained with seed {cfg['seed']} batch {cfg['batch']} "

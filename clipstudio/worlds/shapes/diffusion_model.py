@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from clipstudio import weights
+from clipstudio.checkpoints import load_checkpoint
 from clipstudio.errors import ClipstudioError, missing_extra
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -193,7 +194,7 @@ def load_guide_clip_state(path: Optional[str], seed: int = 0) -> tuple[dict, str
     """(state dict, description) of the guide CLIP at `path`, or of a seeded random one if path is None/missing."""
     text_cfg = guide_text_cfg()
     if path and os.path.isfile(path):
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = load_checkpoint(path)
         if "state_dict" in sd:
             sd = sd["state_dict"]
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
@@ -212,7 +213,7 @@ def load_shapes_backend(path: Optional[str | os.PathLike] = None, device: str = 
     if not path.is_file():
         raise ClipstudioError(f"missing diffusion checkpoint {path}; train one with 'clipstudio train diffusion'")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = load_checkpoint(path)
         unet = build_unet(ck["unet_config"])
         unet.load_state_dict({k: v.float() for k, v in ck["unet"].items()})
         tower = load_text_tower(ck["text_tower"], ck["text_cfg"])
