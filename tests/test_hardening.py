@@ -312,8 +312,8 @@ def _run_state(tmp_path, tiny_clip, capsys) -> tuple[Path, list]:
 
 @pytest.mark.parametrize("damage, match", [
     (lambda s: s.pop("optimizer"), "lacks optimizer"),
-    (lambda s: s.update(rng=torch.zeros(3, dtype=torch.uint8)), "RNG state is malformed"),
-    (lambda s: s.update(rng="not a tensor"), "RNG state is malformed"),
+    (lambda s: s.update(rng=torch.zeros(3, dtype=torch.uint8)), "RNG state is unusable"),
+    (lambda s: s.update(rng="not a tensor"), "RNG state is not a CPU RNG state"),
     (lambda s: s.update(step=-5), "step counts are impossible"),
     (lambda s: s.update(step=10**9), "step counts are impossible"),
     (lambda s: s.update(history=["x"]), "loss history"),
