@@ -13,6 +13,7 @@ import yaml
 from clipstudio import cli
 from clipstudio.errors import ClipstudioError
 from clipstudio.farm import load_job_file, parse_job_file, run_batch
+from clipstudio.farm import executors
 from clipstudio.farm.driver import WORKER_DIED
 from clipstudio.farm.executors import LocalPool, RayPool, make_executor
 from clipstudio.farm.jobs import job_key
@@ -103,8 +104,15 @@ def test_manifest_skips_a_torn_line_and_keeps_appending(tmp_path):
     assert {k: r["status"] for k, r in latest.items()} == {"a": "done", "c": "failed"}
 
 
-def test_executor_choice_and_bad_options():
+def test_executor_choice_and_bad_options(monkeypatch):
     assert isinstance(make_executor("local", workers=2), LocalPool)
+    monkeypatch.setattr(executors, "_has_module", lambda name: False)  # as if the farm extra were missing
+    assert isinstance(make_executor("auto"), LocalPool)  # degrades to the process pool
+    with pytest.raises(ClipstudioError, match=r"pip install 'clipstudio\[farm\]'"):
+        make_executor("ray")
+    with pytest.raises(ClipstudioError, match=r"pip install 'clipstudio\[farm\]'"):
+        make_executor("auto", address="auto")
+    monkeypatch.undo()
     with pytest.raises(ClipstudioError, match="need the Ray executor"):
         make_executor("local", address="auto")
     with pytest.raises(ClipstudioError, match="workers must be at least 1"):
@@ -124,9 +132,10 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.slow)])
 def executor(request):
-    """A fresh pool of 2 one-thread workers: local processes, or actors on the module's Ray cluster."""
+    """A fresh pool of 2 one-thread workers: local processes, or actors on the module's Ray cluster (slow:
+    starting Ray takes 15 s or more, and each actor imports torch)."""
     if request.param == "ray":
         request.getfixturevalue("ray_cluster")
         return RayPool(workers=2, threads=1)

@@ -147,10 +147,10 @@ class FarmWorker:
 
 def import_ray(what: str = "clipstudio batch on Ray"):
     """The ``ray`` module, or the one-line error naming the ``farm`` extra."""
-    try:
-        import ray
-    except ModuleNotFoundError:
-        raise missing_extra("ray", "farm", what) from None
+    if not _has_module("ray"):
+        raise missing_extra("ray", "farm", what)
+    import ray
+
     return ray
 
 
@@ -177,6 +177,8 @@ class RayPool:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if self.address:
             options["address"] = self.address
+            if self.address.startswith("ray://") and not _has_module("grpc"):
+                raise ClipstudioError("ray:// addresses go through the Ray client: pip install 'ray[client]'")
         else:
             options["num_cpus"] = self.workers or os.cpu_count() or 1
             options["object_store_memory"] = self.object_store_mb * 1024 * 1024
@@ -243,12 +245,15 @@ class RayPool:
             self._started_ray = False
 
 
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
+    """True when the ``farm`` extra (Ray) is installed."""
+    return _has_module("ray")
 
 
 def make_executor(kind: str = "auto", workers: int | None = None, threads: int | None = None,
