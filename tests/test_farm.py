@@ -219,12 +219,15 @@ def test_a_killed_worker_job_runs_again(executor, tiny_generate, tmp_path):
 def test_batch_command_ranks_and_writes_a_contact_sheet(tiny_generate, tmp_path, capsys):
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(yaml.safe_dump({"prompts": ["a red circle", "a blue square"], "seeds": [0, 1, 2],
-                                    "generate": tiny_generate, "rank": {"keep": 2}}))
+                                    "backends": ["generate", "diffuse"], "generate": tiny_generate,
+                                    "diffuse": {"steps": 2}, "rank": {"keep": 2}}))
     out = tmp_path / "out"
     code = cli.main(["batch", str(jobs), "--out", str(out), "--executor", "local", "--workers", "2",
                      "--threads", "1", "--quiet"])
     assert code == 0
-    assert "6 done, 0 failed" in capsys.readouterr().out
+    assert "12 done, 0 failed" in capsys.readouterr().out
+    sampled = read_png_settings(next((out / "a-red-circle").glob("diffuse-s1-*.png")))
+    assert sampled["settings"]["model"] == "shapes-diffusion" and sampled["settings"]["steps"] == 2
     ranking = json.loads((out / "best" / "ranking.json").read_text())
     assert ranking["keep"] == 2 and set(ranking["ranking"]) == {"a red circle", "a blue square"}
     latest = latest_by_key(read_manifest(out / MANIFEST_NAME))
