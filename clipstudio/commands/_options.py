@@ -71,3 +71,20 @@ def typed_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` a user typed on the command line."""
     given = vars(args)
     return {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: CPU threads for torch (0: torch's default)."""
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: 0, torch's default)")
+
+
+def apply_threads(n: int) -> None:
+    """Set torch's CPU thread count; 0 leaves torch's default, a negative count is a one-line error."""
+    if n < 0:
+        from ..errors import ClipstudioError
+
+        raise ClipstudioError(f"--threads must be 0 (torch's default) or more, got {n}")
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
