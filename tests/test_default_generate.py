@@ -18,7 +18,9 @@ PROMPTS = [
 ]
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
+# One default generate stays in the fast suite (end to end, judged by the checker); the other forms take about
+# a minute each on a shared CPU and run with -m slow.
+@pytest.mark.parametrize("prompt", [PROMPTS[0]] + [pytest.param(p, marks=pytest.mark.slow) for p in PROMPTS[1:]])
 def test_default_generate_draws_the_prompt(prompt):
     result = clipstudio.Studio(recipe_config("shapes", prompt)).run()
     assert result.image.size == (64, 64)
@@ -29,6 +31,7 @@ def test_default_generate_draws_the_prompt(prompt):
     assert wrong != prompt and not check_image(result.image, wrong).passed
 
 
+@pytest.mark.slow  # 60 TAEF2-decoded steps after the layout search: minutes on a shared CPU
 def test_latent_generator_starts_from_a_searched_layout(shared_dir, monkeypatch, one_thread):
     """Issue 4: ``--generator latent`` with the real TAEF2 weights draws the prompt, and its own steps
     lower the loss from where the layout left it."""

@@ -1,6 +1,103 @@
-"""``clipstudio eval generate`` (its parser still lives with its code; being moved here)."""
-from ._legacy import register_delegated
+"""``clipstudio eval generate``: how often CLIP-guided generation draws what the prompt says, judged by the
+shapes world's colour-and-geometry checker over seeded canonical-grammar prompts, with the independent
+evaluator CLIP's score and the time per image."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ._options import add_threads_option, apply_threads
+
+DEFAULT_RECIPE = "shapes"
 
 
-def register(sub):
-    register_delegated(sub, "generate", "see 'eval generate --help'", {None: "clipstudio.worlds.shapes.adherence:main"})
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("generate", help="pass rate of generate's settings on the shapes world's prompts",
+                            description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=20, help="number of prompts, cycling through the grammar forms")
+    parser.add_argument("--prompt-seed", type=int, default=1234, help="seed of the prompt set")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="generation seeds for every prompt")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name or YAML file (default: {DEFAULT_RECIPE})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="a GenerateConfig setting on top of the recipe, e.g. --set steps=50 "
+                             "--set 'augments=[\"affine\"]'")
+    parser.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                        help="evaluate once per value of one setting, e.g. --sweep steps=10,20,40")
+    parser.add_argument("--save-dir", default=None, help="save every image here, named by outcome")
+    parser.add_argument("--json", action="store_true", help="print the rows and summary as JSON")
+    add_threads_option(parser)
+    parser.set_defaults(run=run)
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_setting(text: str, option: str = "--set", form: str = "KEY=VALUE") -> tuple[str, str]:
+    """``KEY=VALUE`` split in two; anything else is a one-line error."""
+    from ..errors import ClipstudioError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value:
+        raise ClipstudioError(f"{option} expects {form}, got '{text}'")
+    return key.strip(), value
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """The ``--set`` options as settings (values read as JSON where they parse, else as text)."""
+    return {key: _json_or_text(value) for key, value in map(parse_setting, items)}
+
+
+def parse_sweep(text: str | None) -> tuple[str, list[Any]] | None:
+    """``--sweep KEY=V1,V2,...`` as (key, values)."""
+    from ..errors import ClipstudioError
+
+    if text is None:
+        return None
+    key, values = parse_setting(text, "--sweep", "KEY=V1,V2,...")
+    parts = values.split(",")
+    if not all(p.strip() for p in parts):
+        raise ClipstudioError(f"--sweep expects KEY=V1,V2,..., got '{text}'")
+    return key, [_json_or_text(p.strip()) for p in parts]
+
+
+def _print_report(report, as_json: bool, label: str = "") -> None:
+    summary = report.summary()
+    if as_json:
+        print(json.dumps({**({"label": label} if label else {}), "summary": summary, "rows": report.rows}, indent=1))
+        return
+    for row in report.rows:
+        mark = "pass" if row["passed"] else "FAIL " + "; ".join(row["failures"])
+        print(f"{row['seconds']:6.1f}s  eval {row['evaluator']:.3f}  {row['prompt']}  [{mark}]")
+    print((f"{label}: " if label else "") + json.dumps(summary, indent=1))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate every prompt and seed with the recipe (and settings), judge each image, print the summary."""
+    from ..errors import ClipstudioError
+    from ..recipes import recipe_config
+    from ..studio import validate_config
+    from ..worlds.shapes.adherence import evaluate_generation
+    from ..worlds.shapes.prompts import prompt_set
+
+    if args.n < 1 or not args.seeds:
+        raise ClipstudioError(f"-n must be at least 1 and --seeds must name a seed, got -n {args.n}")
+    options = parse_settings(args.set)
+    sweep = parse_sweep(args.sweep)
+    runs = [("", options)] if sweep is None else [(f"{sweep[0]}={v}", {**options, sweep[0]: v}) for v in sweep[1]]
+    prompts = prompt_set(args.n, args.prompt_seed)
+    for _, settings in runs:  # every setting is checked before the first image, not after an hour
+        validate_config(recipe_config(args.recipe, prompts[0], **settings))
+    apply_threads(args.threads)
+    for label, settings in runs:
+        save_dir = Path(args.save_dir) / label if args.save_dir and label else args.save_dir
+        if save_dir:
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
+        report = evaluate_generation(prompts, args.seeds, str(save_dir) if save_dir else None, args.recipe, **settings)
+        _print_report(report, args.json, label)
+    return 0

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     for name, model in embedded.embedded_models().items():
         state = f"{model.checkpoint.stat().st_size / 1e6:.1f} MB" if model.checkpoint.is_file() else "missing"
         print(f"  {name:18s} {model.kind:9s} {state:9s} {model.about}")
-    print("open_clip models: any NAME[:PRETRAINED] from open_clip (e.g. ViT-B-32:openai), NAME:random, or NAME:PATH")
+    print("open_clip models: any NAME[:PRETRAINED] from open_clip (e.g. ViT-B-32:openai), NAME:PATH, or NAME:random "
+          "(weights seeded by the name: the same model in every process)")
     print(f"losses: {', '.join(list_losses())}")
     print(f"augments: {', '.join(list_augments())}")
     print(f"recipes: {', '.join(list_recipes())}")

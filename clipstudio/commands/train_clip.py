@@ -1,6 +1,45 @@
-"""``clipstudio train clip`` (its parser still lives with its code; being moved here)."""
-from ._legacy import register_delegated
+"""``clipstudio train clip``: contrastive training of a shapes-world CLIP model, rendered batches on the fly.
+Options and defaults come from :class:`clipstudio.train.clip_train.ClipTrainConfig`."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._options import add_dataclass_options, add_threads_option, apply_threads, typed_settings
+
+HELPS = {
+    "model": "an open_clip config a world registers: shapes-guide or shapes-eval",
+    "steps": "total steps (fixes the learning-rate schedule)",
+    "seed": "seed of the initial weights and of every batch",
+    "out": "checkpoint path ('': MODEL.pt in the current folder)",
+    "state": "resume-state path ('': OUT.state)",
+    "resume": "continue from the state file",
+    "eval_every": "zero-shot check every N steps (0: off)",
+    "stop_after": "stop with a checkpoint at this step; continue later with --resume (0: run all steps)",
+    "init": "start from this checkpoint's weights (fine-tuning)",
+    "extra_objects": "add hard-negative twins with one object more or fewer",
+    "warmup": "warm-up steps (-1: steps/20, at most 200)",
+}
 
 
-def register(sub):
-    register_delegated(sub, "clip", "see 'train clip --help'", {None: "clipstudio.train.clip_train:main"})
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..train.clip_train import ClipTrainConfig
+
+    parser = sub.add_parser("clip", help="train a shapes-world CLIP model (shapes-guide, shapes-eval)",
+                            description=__doc__.splitlines()[0])
+    add_dataclass_options(parser, ClipTrainConfig, helps=HELPS)
+    add_threads_option(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then print the run's summary (without the loss history) as one JSON line."""
+    from ..train.clip_train import ClipTrainConfig, train
+
+    config = ClipTrainConfig(**typed_settings(args, ClipTrainConfig)).validate()
+    apply_threads(args.threads)
+    summary = train(config, progress=not args.quiet)
+    summary.pop("history")
+    print(json.dumps(summary))
+    return 0

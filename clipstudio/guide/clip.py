@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import warnings
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +117,8 @@ def resolve_clip_spec(spec: str, weights_dir: str | None = None) -> ClipSpec:
         return ClipSpec(arch, None)
     if tag and Path(tag).expanduser().is_file():
         return ClipSpec(arch, str(Path(tag).expanduser()))
+    if os.sep in tag or Path(tag).suffix in {".pt", ".pth", ".bin", ".safetensors"}:
+        raise ClipstudioError(f"CLIP checkpoint not found: {tag}")
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if not tag:
         if not tags:
@@ -130,36 +134,78 @@ def resolve_clip_spec(spec: str, weights_dir: str | None = None) -> ClipSpec:
     return ClipSpec(arch, str(path), openai_jit=(tag == "openai"))
 
 
-class ClipGuide(nn.Module):
-    """A frozen CLIP model with its tokenizer and input normalization; embeddings come out unit-length."""
+class CachedTokenizer:
+    """A tokenizer with a per-string cache (training captions and evaluation candidates repeat)."""
 
-    def __init__(self, name: str, model: nn.Module, tokenizer, image_size: int, mean, std):
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if missing:
+            for text, row in zip(missing, self.tokenizer(missing)):
+                self.cache[text] = row
+        return torch.stack([self.cache[t] for t in texts])
+
+
+class ClipGuide(nn.Module):
+    """A CLIP model with its tokenizer and input normalization; embeddings come out unit-length.
+
+    Guides are frozen (``freeze=True``); a trainer wraps the model it is training with ``freeze=False`` to
+    evaluate it through the same code path."""
+
+    def __init__(self, name: str, model: nn.Module, tokenizer, image_size: int, mean, std, freeze: bool = True):
         super().__init__()
         self.name = name
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False) if freeze else model
+        self.tokenizer = tokenizer if isinstance(tokenizer, CachedTokenizer) else CachedTokenizer(tokenizer)
         self.image_size = image_size
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    @classmethod
+    def from_open_clip(cls, name: str, model: nn.Module, tokenizer, freeze: bool = True) -> "ClipGuide":
+        """Wrap an open_clip model, reading its input size, mean and std from its preprocess config."""
+        import open_clip
+
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        device = next(model.parameters()).device
+        return cls(name, model, tokenizer, _image_size(cfg), cfg["mean"], cfg["std"], freeze).to(device)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """NCHW [0, 1] images as the model's input (its mean and std)."""
+        return (images - self.mean) / self.std
+
     @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit text embeddings, one row per text."""
-        tokens = self.tokenizer(texts).to(self.mean.device)
+        tokens = self.tokenizer(list(texts)).to(self.mean.device)
         return nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings of NCHW [0, 1] images already at ``image_size`` (differentiable)."""
-        return nn.functional.normalize(self.model.encode_image((images - self.mean) / self.std).float(), dim=-1)
+        return nn.functional.normalize(self.model.encode_image(self.normalize(images)).float(), dim=-1)
 
 
-def _create_model(resolved: ClipSpec, device: str) -> nn.Module:
+def random_weights_seed(arch: str) -> int:
+    """The seed of ``ARCH:random`` weights: fixed by the name, so every process draws the same model."""
+    return zlib.crc32(arch.encode())
+
+
+def _create_model(resolved: ClipSpec, device: str, seed: int | None = None) -> nn.Module:
     import open_clip
 
     if resolved.openai_jit:
         # OpenAI's released files are TorchScript archives, which weights_only loading refuses; open_clip
         # reads them with torch.jit.load (no unpickling of arbitrary objects) and rebuilds the model.
         return open_clip.load_openai_model(resolved.checkpoint, device=device, jit=False)
+    if resolved.checkpoint is None:
+        # Random weights come from their own seeded generator, not from whatever the global RNG holds when
+        # the model is first loaded; drawn on the CPU so every device gets the same model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_weights_seed(resolved.arch) if seed is None else seed)
+            return open_clip.create_model(resolved.arch, pretrained=None).to(device)
     return open_clip.create_model(resolved.arch, pretrained=resolved.checkpoint, device=device)
 
 
@@ -168,23 +214,29 @@ def _image_size(cfg: dict) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-@functools.lru_cache(maxsize=4)
-def load_clip(spec: str = DEFAULT_CLIP, device: str = "cpu", weights_dir: str | None = None) -> ClipGuide:
-    """Load a CLIP model for guidance (cached, so notebooks and ranking loops reuse it)."""
+def create_clip_model(spec: str, device: str = "cpu", weights_dir: str | None = None,
+                      seed: int | None = None) -> tuple[nn.Module, object]:
+    """A trainable fp32 open_clip model and its tokenizer for a ``--clip`` value: the one loader, which
+    :func:`load_clip` and the trainers share. ``NAME:random`` weights are drawn from ``seed``, by default
+    :func:`random_weights_seed` of the name."""
     import open_clip
 
     resolved = resolve_clip_spec(spec, weights_dir)
-    if resolved.checkpoint is None:
-        warnings.warn(f"CLIP '{resolved.arch}' has random weights: use it for tests and timing only")
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # open_clip logs at root
     try:
-        model = _create_model(resolved, device)
+        model = _create_model(resolved, device, seed)
     except Exception as err:  # unpickling and state-dict errors come in many types; all mean a bad file
         if resolved.checkpoint is None:
             raise
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ClipstudioError(f"could not load CLIP checkpoint '{resolved.checkpoint}': {reason}") from None
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    tokenizer = open_clip.get_tokenizer(resolved.arch)
-    guide = ClipGuide(spec, model.float(), tokenizer, _image_size(cfg), cfg["mean"], cfg["std"])
-    return guide.to(device)
+    return model.float(), open_clip.get_tokenizer(resolved.arch)
+
+
+@functools.lru_cache(maxsize=4)
+def load_clip(spec: str = DEFAULT_CLIP, device: str = "cpu", weights_dir: str | None = None) -> ClipGuide:
+    """Load a frozen CLIP model for guidance and scoring (cached, so notebooks and ranking loops reuse it)."""
+    if spec.partition(":")[2] == RANDOM_TAG:
+        warnings.warn(f"CLIP '{spec}' has random weights: use it for tests and timing only")
+    model, tokenizer = create_clip_model(spec, device, weights_dir)
+    return ClipGuide.from_open_clip(spec, model, tokenizer)

@@ -1,4 +1,4 @@
-"""Contrastive (CLIP) training of the embedded shapes-world models, on CPU.
+"""Contrastive (CLIP) training of the shapes-world models, on CPU.
 
 Every batch is rendered on the fly from seeded random scenes (no data set on disk):
 half of it is random scenes, the other half is one "hard negative" twin per scene that
@@ -10,101 +10,82 @@ Checkpoints are open_clip's plain ``state_dict`` (tensors only, floats stored as
 to stay small), written atomically, so ``torch.load(weights_only=True)`` and
 ``open_clip.create_model(name, pretrained=PATH)`` both read them.  A separate state
 file (fp32 weights, optimizer, step) makes ``--resume`` exact: the data of step ``k``
-depends only on ``(seed, k)``.
+depends only on ``(seed, k)``.  Models are built by the one CLIP loader
+(:func:`clipstudio.guide.clip.create_clip_model`), from ``NAME:random`` seeded by ``seed``.
 
-CLI (wired by the lead as ``clipstudio train clip --world shapes ...``)::
-
-    python -m clipstudio.train.clip_train --model shapes-guide --steps 3000 --batch 256 \
-        --lr 1e-3 --seed 0 --out clipstudio/assets/shapes-guide.pt
+Command line: ``clipstudio train clip --model shapes-guide --steps 3000 --batch 256 --lr 1e-3 --seed 0
+--out shapes-guide.pt`` (options and defaults from :class:`ClipTrainConfig`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipstudio.checkpoints import load_checkpoint
-from clipstudio.config import MAX_LR, MAX_WEIGHT, SEED_MAX, check_numbers
-from clipstudio.errors import ClipstudioError
-from clipstudio.schedules import lr_factor
-from clipstudio.images import atomic_torch_save
-from clipstudio.worlds.shapes.captions import random_caption
-from clipstudio.worlds.shapes.render import (COLOURS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch,
-                                     sample_scene)
+from ..checkpoints import load_checkpoint
+from ..config import MAX_LR, MAX_WEIGHT, SEED_MAX, check_numbers
+from ..errors import ClipstudioError
+from ..guide.clip import ClipGuide, create_clip_model
+from ..images import atomic_torch_save, atomic_write
+from ..schedules import lr_factor
+from ..worlds.shapes.captions import random_caption
+from ..worlds.shapes.render import COLOURS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch, sample_scene
+from ..worlds.shapes.zeroshot import evaluate_model
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "worlds" / "shapes" / "model_configs"
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "worlds" / "shapes" / "assets"
 # Relative frequency of the grammar forms in training batches.  Two-object scenes get
 # extra weight: binding colours/shapes to the right side of a relation is the hardest part.
 FORM_WEIGHTS: dict[str, float] = {"plain": 0.16, "sized": 0.2, "positioned": 0.2, "left_of": 0.22, "above": 0.22}
 
 
-# --------------------------------------------------------------------------- models
-def register_configs() -> None:
-    """Make the shapes-* configs known to open_clip (idempotent)."""
-    import open_clip
+@dataclass
+class ClipTrainConfig:
+    """A training run's settings: ``clipstudio train clip`` derives its options and defaults from these."""
 
-    if "shapes-guide" not in open_clip.list_models():
-        open_clip.add_model_config(str(MODEL_CONFIG_DIR))
+    model: str = "shapes-guide"  # an open_clip config a world registers (shapes-guide, shapes-eval)
+    steps: int = 3000  # total steps: fixes the learning-rate schedule
+    batch: int = 256  # half random scenes, half their hard-negative twins
+    lr: float = 1e-3
+    seed: int = 0  # the initial weights and the data of every step
+    out: str = ""  # checkpoint path ("": MODEL.pt in the current folder)
+    state: str = ""  # resume-state path ("": OUT.state)
+    resume: bool = False  # continue from the state file
+    save_every: int = 100
+    eval_every: int = 0  # zero-shot check every N steps (0: off)
+    stop_after: int = 0  # stop (with a checkpoint) at this step, to continue with resume (0: run all steps)
+    init: str = ""  # start from this checkpoint's weights (fine-tuning)
+    extra_objects: bool = False  # also twins with one object more or fewer
+    weight_decay: float = 0.1
+    warmup: int = -1  # warm-up steps (-1: steps/20, at most 200)
 
+    def validate(self) -> "ClipTrainConfig":
+        """Reject settings no run can use, in one line."""
+        check_numbers(lr=(self.lr, 0, MAX_LR), seed=(self.seed, 0, SEED_MAX), weight_decay=(self.weight_decay, 0, MAX_WEIGHT))
+        if self.steps <= 0 or self.batch < 2:
+            raise ClipstudioError(f"--steps must be positive and --batch at least 2, got {self.steps} and {self.batch}")
+        if self.save_every < 1 or self.eval_every < 0 or self.stop_after < 0 or not self.lr > 0:
+            raise ClipstudioError("--save-every must be >= 1, --eval-every and --stop-after >= 0, --lr > 0")
+        return self
 
-def create_model(name: str, pretrained: Optional[str] = None):
-    """(model, tokenizer) for a registered config, optionally loading a checkpoint."""
-    import open_clip
+    @property
+    def out_path(self) -> str:
+        return self.out or f"{self.model}.pt"
 
-    register_configs()
-    if name not in open_clip.list_models():
-        raise ClipstudioError(f"unknown model config {name!r}")
-    model = open_clip.create_model(name, pretrained=pretrained)
-    return model.float(), open_clip.get_tokenizer(name)
+    @property
+    def state_path(self) -> str:
+        return self.state or self.out_path + ".state"
 
-
-def load_embedded(name: str, path: Optional[str] = None):
-    """(model in eval mode, tokenizer) for a shipped checkpoint ``clipstudio/assets/NAME.pt``."""
-    path = str(path or ASSETS_DIR / f"{name}.pt")
-    if not os.path.exists(path):
-        raise ClipstudioError(f"missing checkpoint {path}; train it with clipstudio train clip")
-    model, tok = create_model(name, pretrained=path)
-    return model.eval(), tok
-
-
-def image_normalizer(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's mean/std normalisation for NCHW tensors in [0, 1]."""
-    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-    mean = torch.tensor(cfg.get("mean", OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.get("std", OPENAI_DATASET_STD)).view(1, 3, 1, 1)
-    return lambda x: (x - mean) / std
-
-
-def model_image_size(model) -> int:
-    s = model.visual.image_size
-    return int(s[0] if isinstance(s, (tuple, list)) else s)
-
-
-class CachedTokenizer:
-    """open_clip tokenizer with a per-string cache (the caption set is finite and small)."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tok = tokenizer
-        self.cache: dict[str, torch.Tensor] = {}
-
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        if missing:
-            for t, row in zip(missing, self.tok(missing)):
-                self.cache[t] = row
-        return torch.stack([self.cache[t] for t in texts])
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup >= 0 else max(1, min(200, self.steps // 20))
 
 
 # --------------------------------------------------------------------------- data
@@ -199,11 +180,6 @@ def make_batch(step_seed: Sequence[int], batch: int, image_size: int,
 
 
 # --------------------------------------------------------------------------- checkpoints
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside ``path``, then os.replace (never a torn file)."""
-    atomic_torch_save(obj, path)
-
-
 def export_state_dict(model, half: bool = True) -> dict[str, torch.Tensor]:
     """Plain open_clip state_dict (tensors only); floats as fp16 when ``half``."""
     out = {}
@@ -227,90 +203,96 @@ def _param_groups(model, weight_decay: float):
 
 
 # --------------------------------------------------------------------------- training
-def train(model_name: str, steps: int, batch: int, lr: float, seed: int, out: str,
-          resume: bool = False, state_path: Optional[str] = None, save_every: int = 100,
-          eval_every: int = 0, threads: int = 2, weight_decay: float = 0.1,
-          warmup: Optional[int] = None, log: Callable[[str], None] = print,
-          progress: bool = True, stop_after: Optional[int] = None, extra_objects: bool = False,
-          init: Optional[str] = None) -> dict:
-    """Train ``model_name`` from scratch (or resume) and write checkpoints to ``out``.
+@dataclass
+class _Run:
+    """What a training run holds: the model (wrapped as an unfrozen guide), its optimizer and loss history."""
 
-    ``steps`` fixes the learning-rate schedule; ``stop_after`` (optional) ends the run
-    early at that step with a checkpoint, to be continued with ``resume=True``. ``init`` starts
-    from a checkpoint's weights (fine-tuning); ``extra_objects`` adds twins with one object more
-    or fewer to the batches.
+    config: ClipTrainConfig
+    guide: ClipGuide
+    optimizer: torch.optim.Optimizer
+    history: list[float]
+    start: int = 0
+
+    def save(self, step: int) -> None:
+        model = self.guide.model
+        atomic_torch_save({"model_name": self.config.model, "step": step, "model": model.state_dict(),
+                           "optimizer": self.optimizer.state_dict(), "history": self.history,
+                           "seed": self.config.seed}, self.config.state_path)
+        atomic_torch_save(export_state_dict(model), self.config.out_path)
+
+
+def _start_run(config: ClipTrainConfig, log: Callable[[str], None]) -> _Run:
+    """A new model (seeded random weights, or ``init``'s), its optimizer, and with ``resume`` the saved state."""
+    model, tokenizer = create_clip_model(f"{config.model}:random", seed=config.seed)
+    if config.init:
+        if not os.path.isfile(config.init):
+            raise ClipstudioError(f"--init: no checkpoint at {config.init}")
+        init = load_checkpoint(config.init)
+        model.load_state_dict({k: v.float() for k, v in init.items()})
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    run = _Run(config, ClipGuide.from_open_clip(config.model, model, tokenizer, freeze=False), optimizer, [])
+    if config.resume:
+        path = config.state_path
+        if not os.path.exists(path):
+            raise ClipstudioError(f"--resume: no training state at {path}")
+        state = load_checkpoint(path)
+        if state["model_name"] != config.model:
+            raise ClipstudioError(f"--resume: {path} is for {state['model_name']}, not {config.model}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        run.start, run.history = int(state["step"]), list(state["history"])
+        log(f"resumed from {path} at step {run.start}")
+    return run
+
+
+def _train_step(run: _Run, step: int, loss_fn) -> float:
+    """One contrastive step on the batch of ``(seed, step)``; returns the loss."""
+    config, guide = run.config, run.guide
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(step, config.steps, config.lr, config.warmup_steps)
+    images, captions = make_batch((config.seed, step), config.batch, guide.image_size,
+                                  extra_objects=config.extra_objects)
+    image_f, text_f, scale = guide.model(guide.normalize(images), guide.tokenizer(captions))[:3]
+    loss = loss_fn(image_f, text_f, scale)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(guide.model.parameters(), 1.0)
+    run.optimizer.step()
+    with torch.no_grad():  # clamp the learned temperature as CLIP does (scale <= 100)
+        guide.model.logit_scale.clamp_(0, math.log(100))
+    return float(loss.detach())
+
+
+def train(config: ClipTrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Train ``config.model`` from seeded random weights (or ``init``, or the resume state) and write
+    checkpoints to ``config.out_path``. Runs on torch's current thread count (the command sets it).
+
     Returns a summary dict (final loss, last step, seconds, loss history, last evaluation).
     """
     import open_clip
     from tqdm import tqdm
 
-    check_numbers(lr=(lr, 0, MAX_LR), seed=(seed, 0, SEED_MAX), weight_decay=(weight_decay, 0, MAX_WEIGHT))
-    if steps <= 0 or batch < 2:
-        raise ClipstudioError("--steps must be positive and --batch at least 2")
-    torch.set_num_threads(max(1, threads))
-    torch.manual_seed(seed)
-    register_configs()
-    model, tokenizer = create_model(model_name)
-    if init:
-        model.load_state_dict({k: v.float() for k, v in load_checkpoint(init).items()})
-    tok = CachedTokenizer(tokenizer)
-    state_path = state_path or str(out) + ".state"
-    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    config.validate()
+    torch.manual_seed(config.seed)  # any stochastic layer draws from the run's seed too
+    run = _start_run(config, log)
     loss_fn = open_clip.ClipLoss()
-    normalize = image_normalizer(model)
-    size = model_image_size(model)
-    warmup = warmup if warmup is not None else max(1, min(200, steps // 20))
-    start, history = 0, []
-    if resume:
-        if not os.path.exists(state_path):
-            raise ClipstudioError(f"--resume: no training state at {state_path}")
-        st = load_checkpoint(state_path)
-        if st["model_name"] != model_name:
-            raise ClipstudioError(f"--resume: {state_path} is for {st['model_name']}, not {model_name}")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        start, history = int(st["step"]), list(st["history"])
-        log(f"resumed from {state_path} at step {start}")
-
-    def save(step: int) -> None:
-        atomic_save({"model_name": model_name, "step": step, "model": model.state_dict(),
-                     "optimizer": opt.state_dict(), "history": history, "seed": seed}, state_path)
-        atomic_save(export_state_dict(model), out)
-
-    t0 = time.time()
-    last_eval: dict = {}
-    model.train()
-    end = min(steps, stop_after) if stop_after is not None else steps
-    bar = tqdm(range(start, end), initial=start, total=steps, disable=not progress, desc=model_name,
-               dynamic_ncols=True, mininterval=5.0)
-    loss_v = float("nan")
+    t0, last_eval, loss = time.time(), {}, float("nan")
+    run.guide.model.train()
+    end = min(config.steps, config.stop_after) if config.stop_after else config.steps
+    bar = tqdm(range(run.start, end), initial=run.start, total=config.steps, disable=not progress,
+               desc=config.model, dynamic_ncols=True, mininterval=5.0)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
-        imgs, caps = make_batch((seed, step), batch, size, extra_objects=extra_objects)
-        img_f, txt_f, scale = model(normalize(imgs), tok(caps))[:3]
-        loss = loss_fn(img_f, txt_f, scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():  # clamp the learned temperature as CLIP does (scale <= 100)
-            model.logit_scale.clamp_(0, math.log(100))
-        loss_v = float(loss.detach())
-        history.append(round(loss_v, 5))
-        bar.set_postfix(loss=f"{loss_v:.3f}", scale=f"{model.logit_scale.exp().item():.1f}", refresh=False)
+        loss = _train_step(run, step, loss_fn)
+        run.history.append(round(loss, 5))
+        bar.set_postfix(loss=f"{loss:.3f}", scale=f"{run.guide.model.logit_scale.exp().item():.1f}", refresh=False)
         done = step + 1
-        if done % save_every == 0 or done == end:
-            save(done)
-        if eval_every and (done % eval_every == 0 or done == steps):
-            from clipstudio.worlds.shapes.zeroshot import evaluate_model
-
-            model.eval()
-            last_eval = evaluate_model(model, tokenizer, n=100, seed=10_000 + seed)
-            model.train()
-            log(f"step {done} loss {loss_v:.4f} eval " + " ".join(f"{k}={v:.3f}" for k, v in last_eval.items()))
-    return {"model": model_name, "steps": end, "final_loss": loss_v, "seconds": round(time.time() - t0, 1),
-            "history": history, "eval": last_eval}
+        if done % config.save_every == 0 or done == end:
+            run.save(done)
+        if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+            last_eval = evaluate_model(run.guide, n=100, seed=10_000 + config.seed)
+            log(f"step {done} loss {loss:.4f} eval " + " ".join(f"{k}={v:.3f}" for k, v in last_eval.items()))
+    return {"model": config.model, "steps": end, "final_loss": loss, "seconds": round(time.time() - t0, 1),
+            "history": run.history, "eval": last_eval}
 
 
 TARGETS: dict[str, float] = {"background": 0.97, "colour": 0.97, "shape": 0.97,
@@ -340,51 +322,5 @@ def write_card(checkpoint: str, command: str, accuracy: dict[str, float], eval_c
     }
     card.update(extra or {})
     path = ckpt.with_suffix(".json")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: handle.write((json.dumps(card, indent=2) + "\n").encode()))
     return str(path)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="clipstudio train clip",
-                                 description="Train an embedded shapes-world CLIP model on CPU.")
-    ap.add_argument("--model", default="shapes-guide", help="registered config name (shapes-guide, shapes-eval)")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="checkpoint path (default clipstudio/assets/MODEL.pt)")
-    ap.add_argument("--state", default=None, help="resume-state path (default OUT.state)")
-    ap.add_argument("--resume", action="store_true", help="continue from the state file")
-    ap.add_argument("--save-every", type=int, default=100)
-    ap.add_argument("--eval-every", type=int, default=0, help="zero-shot check every N steps (0: off)")
-    ap.add_argument("--stop-after", type=int, default=None,
-                    help="stop (with a checkpoint) at this step; continue later with --resume")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
-    ap.add_argument("--extra-objects", action="store_true",
-                    help="add hard-negative twins with one object more or fewer")
-    ap.add_argument("--world", default="shapes", choices=["shapes"], help="training world (only shapes)")
-    return ap
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    out = args.out or str(ASSETS_DIR / f"{args.model}.pt")
-    try:
-        summary = train(args.model, args.steps, args.batch, args.lr, args.seed, out, resume=args.resume,
-                        state_path=args.state, save_every=args.save_every, eval_every=args.eval_every,
-                        threads=args.threads, stop_after=args.stop_after,
-                        extra_objects=args.extra_objects, init=args.init)
-    except ClipstudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    summary.pop("history")
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

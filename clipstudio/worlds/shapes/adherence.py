@@ -2,24 +2,21 @@
 the independent evaluator CLIP's score, and time per image, over seeded canonical-grammar prompts."""
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from .captions import canonical_caption, parse_caption, spec_from_scene
-from .check import check_image
 from ...ranking import score_images
-from .prompts import prompt_set
-from .render import FORMS, render, sample_scene
+from ...recipes import recipe_config
+from ...studio import Studio
+from .captions import parse_caption
+from .check import check_image
+from .render import render, sample_scene
 
 EVALUATOR_CLIP = "shapes-eval"
 
@@ -64,9 +61,6 @@ def evaluate_generation(prompts: Sequence[str], seeds: Sequence[int] = (0,), sav
                         recipe: str = "shapes", **options: Any) -> AdherenceReport:
     """Generate every prompt and seed with ``recipe`` and ``options`` on top (what ``clipstudio generate
     PROMPT --recipe RECIPE`` with those options makes), and judge each image."""
-    from ...recipes import recipe_config
-    from ...studio import Studio
-
     report = AdherenceReport()
     for prompt in prompts:
         for seed in seeds:
@@ -83,39 +77,3 @@ def evaluate_generation(prompts: Sequence[str], seeds: Sequence[int] = (0,), sav
                 tag = "ok" if check.passed else "FAIL"
                 result.save(f"{save_dir}/{len(report.rows):03d}-{tag}-{prompt.replace(' ', '_')}.png")
     return report
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``clipstudio eval generate``: pass rate of the default (or given) settings on grammar prompts."""
-    parser = argparse.ArgumentParser(prog="clipstudio eval generate", description=main.__doc__)
-    parser.add_argument("-n", type=int, default=20, help="number of prompts (cycling through the grammar forms)")
-    parser.add_argument("--prompt-seed", type=int, default=1234)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="a GenerateConfig setting, e.g. --set steps=50 --set 'augments=[\"affine\"]'")
-    parser.add_argument("--save-dir", default=None, help="save every image here, named by outcome")
-    parser.add_argument("--json", action="store_true", help="print the rows and summary as JSON")
-    args = parser.parse_args(argv)
-    options = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        options[key] = _parse_value(value)
-    if args.save_dir:
-        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-    report = evaluate_generation(prompt_set(args.n, args.prompt_seed), args.seeds, args.save_dir, **options)
-    summary = report.summary()
-    if args.json:
-        print(json.dumps({"summary": summary, "rows": report.rows}, indent=1))
-    else:
-        for row in report.rows:
-            mark = "pass" if row["passed"] else "FAIL " + "; ".join(row["failures"])
-            print(f"{row['seconds']:6.1f}s  eval {row['evaluator']:.3f}  {row['prompt']}  [{mark}]")
-        print(json.dumps(summary, indent=1))
-    return 0

@@ -210,71 +210,61 @@ def template_shape(st: dict[str, float], alpha: np.ndarray, pad: int = 2) -> tup
     return (names[k] if iou[k] >= 0.6 else "unknown"), float(iou[k])
 
 
-def check_image(img: ImageLike, caption: str | CaptionSpec) -> CheckResult:
-    """Judge whether ``img`` shows the canonical ``caption`` by colour and geometry alone.
-
-    Raises:
-        ValueError (CaptionError): the caption is outside the canonical grammar.
-        ClipstudioError: the image is not an HxWx3 uint8 array or PIL image.
-    """
-    spec = caption if isinstance(caption, CaptionSpec) else parse_caption(caption)
-    arr = to_array(img)
-    h, w, _ = arr.shape
-    lab = classify_pixels(arr)
-    failures: list[str] = []
-    details: dict[str, Any] = {"size": (h, w)}
-
-    counts = np.bincount(lab[lab >= 0].ravel(), minlength=len(COLOURS)) / float(h * w)
+def _check_background(counts: np.ndarray, spec: CaptionSpec, failures: list[str]) -> dict[str, Any]:
     dom = int(counts.argmax())
-    details["background"] = {"dominant": COLOURS[dom], "fraction": float(counts[dom])}
     if COLOURS[dom] != spec.background:
         failures.append(f"background is {COLOURS[dom]}, not {spec.background}")
     elif counts[dom] < MIN_BACKGROUND_FRACTION:
         failures.append(f"background {spec.background} covers only {counts[dom]:.2f} of the image")
+    return {"dominant": COLOURS[dom], "fraction": float(counts[dom])}
 
-    stats: list[dict[str, float] | None] = []
-    for i, ob in enumerate(spec.objects):
-        key = f"object{i + 1}"
-        mask = lab == COLOURS.index(ob.colour)
-        region, coherence = _largest_region(mask)
-        if not region.any() or region.sum() / (h * w) < MIN_AREA:
-            failures.append(f"no {ob.colour} object big enough")
-            stats.append(None)
-            details[key] = {"area": float(mask.sum()) / (h * w)}
-            continue
-        st = region_stats(region)
-        st["coherence"] = coherence
-        st["shape"] = classify_shape(st)
-        if st["width"] * w < SMALL_REGION_PX:
-            alpha = soft_coverage(arr, ob.colour, spec.background, region)
-            st["shape"], st["template_iou"] = template_shape(st, alpha)
-        details[key] = st
-        stats.append(st)
-        if coherence < MIN_COHERENCE:
-            failures.append(f"{ob.colour} pixels are scattered (largest region {coherence:.2f})")
-        if st["shape"] != ob.shape:
-            failures.append(f"{ob.colour} object looks like a {st['shape']}, not a {ob.shape} "
-                            f"(fill {st['fill']:.2f}, aspect {st['aspect']:.2f})")
-        if ob.size is not None:
-            lo, hi = SIZE_BANDS[ob.size]
-            if not lo - SIZE_TOL <= st["width"] <= hi + SIZE_TOL:
-                failures.append(f"{ob.colour} {ob.shape} is {st['width']:.2f} wide, not {ob.size} ({lo}-{hi})")
-        if ob.position is not None:
-            px, py = POSITIONS[ob.position]
-            if abs(st["cx"] - px) > POSITION_TOL or abs(st["cy"] - py) > POSITION_TOL:
-                failures.append(f"{ob.colour} {ob.shape} is centred at ({st['cx']:.2f}, {st['cy']:.2f}), "
-                                f"not at the {ob.position}")
 
-    if spec.relation is not None and stats[0] is not None and stats[1] is not None:
-        dx = stats[1]["centroid_x"] - stats[0]["centroid_x"]
-        dy = stats[1]["centroid_y"] - stats[0]["centroid_y"]
-        details["relation"] = {"dx": dx, "dy": dy}
-        a, b = spec.objects
-        if spec.relation == "to the left of" and not (dx > 0 and abs(dx) > abs(dy)):
-            failures.append(f"the {a.colour} {a.shape} is not to the left of the {b.colour} {b.shape}")
-        if spec.relation == "above" and not (dy > 0 and abs(dy) > abs(dx)):
-            failures.append(f"the {a.colour} {a.shape} is not above the {b.colour} {b.shape}")
+def _check_object(arr: np.ndarray, lab: np.ndarray, ob, background: str, failures: list[str]
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(region stats or None when the object is missing, details) of one named object, failures appended."""
+    h, w = lab.shape
+    mask = lab == COLOURS.index(ob.colour)
+    region, coherence = _largest_region(mask)
+    if not region.any() or region.sum() / (h * w) < MIN_AREA:
+        failures.append(f"no {ob.colour} object big enough")
+        return None, {"area": float(mask.sum()) / (h * w)}
+    st = region_stats(region)
+    st["coherence"] = coherence
+    st["shape"] = classify_shape(st)
+    if st["width"] * w < SMALL_REGION_PX:
+        alpha = soft_coverage(arr, ob.colour, background, region)
+        st["shape"], st["template_iou"] = template_shape(st, alpha)
+    if coherence < MIN_COHERENCE:
+        failures.append(f"{ob.colour} pixels are scattered (largest region {coherence:.2f})")
+    if st["shape"] != ob.shape:
+        failures.append(f"{ob.colour} object looks like a {st['shape']}, not a {ob.shape} "
+                        f"(fill {st['fill']:.2f}, aspect {st['aspect']:.2f})")
+    if ob.size is not None:
+        lo, hi = SIZE_BANDS[ob.size]
+        if not lo - SIZE_TOL <= st["width"] <= hi + SIZE_TOL:
+            failures.append(f"{ob.colour} {ob.shape} is {st['width']:.2f} wide, not {ob.size} ({lo}-{hi})")
+    if ob.position is not None:
+        px, py = POSITIONS[ob.position]
+        if abs(st["cx"] - px) > POSITION_TOL or abs(st["cy"] - py) > POSITION_TOL:
+            failures.append(f"{ob.colour} {ob.shape} is centred at ({st['cx']:.2f}, {st['cy']:.2f}), "
+                            f"not at the {ob.position}")
+    return st, st
 
+
+def _check_relation(spec: CaptionSpec, first: dict[str, Any], second: dict[str, Any],
+                    failures: list[str]) -> dict[str, float]:
+    dx = second["centroid_x"] - first["centroid_x"]
+    dy = second["centroid_y"] - first["centroid_y"]
+    a, b = spec.objects
+    if spec.relation == "to the left of" and not (dx > 0 and abs(dx) > abs(dy)):
+        failures.append(f"the {a.colour} {a.shape} is not to the left of the {b.colour} {b.shape}")
+    if spec.relation == "above" and not (dy > 0 and abs(dy) > abs(dx)):
+        failures.append(f"the {a.colour} {a.shape} is not above the {b.colour} {b.shape}")
+    return {"dx": dx, "dy": dy}
+
+
+def _extra_objects(lab: np.ndarray, counts: np.ndarray, spec: CaptionSpec) -> list[str]:
+    """Colours the caption does not name that form a solid object of their own."""
     named = {COLOURS.index(spec.background)} | {COLOURS.index(o.colour) for o in spec.objects}
     extras = []
     for ci in range(len(COLOURS)):
@@ -288,6 +278,31 @@ def check_image(img: ImageLike, caption: str | CaptionSpec) -> CheckResult:
         st = region_stats(region)
         if st["area"] >= EXTRA_OBJECT_AREA / 2 and st["fill"] >= EXTRA_OBJECT_FILL:
             extras.append(COLOURS[ci])
+    return extras
+
+
+def check_image(img: ImageLike, caption: str | CaptionSpec) -> CheckResult:
+    """Judge whether ``img`` shows the canonical ``caption`` by colour and geometry alone.
+
+    Raises:
+        ValueError (CaptionError): the caption is outside the canonical grammar.
+        ClipstudioError: the image is not an HxWx3 uint8 array or PIL image.
+    """
+    spec = caption if isinstance(caption, CaptionSpec) else parse_caption(caption)
+    arr = to_array(img)
+    h, w, _ = arr.shape
+    lab = classify_pixels(arr)
+    failures: list[str] = []
+    details: dict[str, Any] = {"size": (h, w)}
+    counts = np.bincount(lab[lab >= 0].ravel(), minlength=len(COLOURS)) / float(h * w)
+    details["background"] = _check_background(counts, spec, failures)
+    stats = []
+    for i, ob in enumerate(spec.objects):
+        st, details[f"object{i + 1}"] = _check_object(arr, lab, ob, spec.background, failures)
+        stats.append(st)
+    if spec.relation is not None and stats[0] is not None and stats[1] is not None:
+        details["relation"] = _check_relation(spec, stats[0], stats[1], failures)
+    extras = _extra_objects(lab, counts, spec)
     if extras:
         failures.append(f"extra object(s) of colour {', '.join(extras)}")
     details["extra"] = extras

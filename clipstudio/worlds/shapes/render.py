@@ -170,6 +170,21 @@ def _pick(rng: np.random.Generator, options: Sequence[str], exclude: Sequence[st
     return pool[int(rng.integers(len(pool)))]
 
 
+def _place_pair(rng: np.random.Generator, shapes: Sequence[str], colours: Sequence[str], relation: str,
+                max_tries: int) -> tuple[ShapeObject, ShapeObject]:
+    """Two objects at the relation's anchors, jittered and sized until their boxes keep ``MIN_GAP`` apart."""
+    p1, p2 = _RELATION_ANCHORS[relation]
+    for _ in range(max_tries):
+        a = _sample_object(rng, shapes[0], colours[0], None, p1, TWO_OBJECT_SIZE)
+        b = _sample_object(rng, shapes[1], colours[1], None, p2, TWO_OBJECT_SIZE)
+        if not boxes_overlap(a.bbox(), b.bbox(), MIN_GAP):
+            break
+    else:  # pragma: no cover - the anchors are far enough apart that this never happens
+        raise ClipstudioError("could not place two non-overlapping objects")
+    # The anchors are an implementation detail: the caption names only the relation.
+    return ShapeObject(a.shape, a.colour, a.size, a.x, a.y), ShapeObject(b.shape, b.colour, b.size, b.x, b.y)
+
+
 def sample_scene(
     rng: np.random.Generator,
     form: Optional[str] = None,
@@ -225,18 +240,7 @@ def sample_scene(
         scene = Scene(background, (ob,), None, form)
     else:
         relation = "to the left of" if form == "left_of" else "above"
-        p1, p2 = _RELATION_ANCHORS[relation]
-        for _ in range(max_tries):
-            a = _sample_object(rng, chosen_shapes[0], chosen_colours[0], None, p1, TWO_OBJECT_SIZE)
-            b = _sample_object(rng, chosen_shapes[1], chosen_colours[1], None, p2, TWO_OBJECT_SIZE)
-            if not boxes_overlap(a.bbox(), b.bbox(), MIN_GAP):
-                break
-        else:  # pragma: no cover - the anchors are far enough apart that this never happens
-            raise ClipstudioError("could not place two non-overlapping objects")
-        # The anchors are an implementation detail: the caption names only the relation.
-        a = ShapeObject(a.shape, a.colour, a.size, a.x, a.y)
-        b = ShapeObject(b.shape, b.colour, b.size, b.x, b.y)
-        scene = Scene(background, (a, b), relation, form)
+        scene = Scene(background, _place_pair(rng, chosen_shapes, chosen_colours, relation, max_tries), relation, form)
     validate_scene(scene)
     return scene
 
