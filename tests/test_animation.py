@@ -148,3 +148,15 @@ def test_write_video_refuses_other_suffixes_and_keeps_old_files(tmp_path):
     with pytest.raises(ClipstudioError, match="no frames"):
         write_video([], target)
     assert target.read_bytes() == b"old"
+
+
+def test_the_python_api_animates_with_a_per_frame_callback(tiny_clip, tmp_path):
+    import clipstudio
+
+    frames = []
+    result = clipstudio.animate(clip=[tiny_clip], size=(32, 32), cutn=2, steps=1, output=str(tmp_path / "a.gif"),
+                                animation={"frames": 3, "steps_per_frame": 1, "pan_x": "2",
+                                           "prompts": "0: a red disc | 2: a blue disc"},
+                                callback=lambda studio, frame, image: frames.append((frame, image.size)))
+    assert frames == [(0, (32, 32)), (1, (32, 32)), (2, (32, 32))]
+    assert result.settings.prompt == "a red disc" and len(read_video(result.video)) == 3
