@@ -12,11 +12,17 @@ Notebook use::
     studio = clipstudio.Studio(config)
     for _ in range(10):
         info = studio.step()
+
+    # A zoom video, with a callback after each frame (return False to stop):
+    clipstudio.animate("a red circle", clip=["shapes-guide"], size=(64, 64), output="zoom.mp4",
+                       animation={"frames": 24, "zoom": "0: 1 | 12: 1.05"}, callback=lambda s, i, img: print(i))
 """
 from ._version import __version__
-from .api import generate, make_config
+from .api import animate, generate, make_config
 from .config import GenerateConfig
+from .keyframes import AnimateConfig
 from .errors import ClipstudioError
 from .studio import GenerateResult, StepInfo, Studio
 
-__all__ = ["__version__", "ClipstudioError", "GenerateConfig", "GenerateResult", "StepInfo", "Studio", "generate", "make_config"]
+__all__ = ["__version__", "AnimateConfig", "ClipstudioError", "GenerateConfig", "GenerateResult", "StepInfo", "Studio",
+           "animate", "generate", "make_config"]

@@ -13,6 +13,7 @@ from .devices import resolve_device
 from .errors import ClipstudioError
 from .guide.clip import load_clip
 from .guide.prompts import Prompt, negative_prompt, parse_prompts
+from .guide.targets import target_embeddings
 from .studio import GenerateResult, Studio
 
 
@@ -33,7 +34,7 @@ def clip_scores(images: Sequence[Image.Image], prompts: Sequence[Prompt], clip: 
     device = str(resolve_device(device))
     guide = load_clip(clip, device)
     image_embeds = guide.encode_image(_to_batch(images, guide.image_size).to(device))
-    text_embeds = guide.encode_text([p.text for p in texts])
+    text_embeds = target_embeddings(texts, guide, device)  # texts, and embedding-arithmetic combinations
     weights = torch.tensor([p.weight for p in texts], device=image_embeds.device)
     return ((image_embeds @ text_embeds.T) * weights).sum(-1).div(weights.abs().sum()).tolist()
 
@@ -77,3 +78,34 @@ def generate_ranked(config: GenerateConfig, keep: int = 1, rank_clip: str | None
     scores = clip_scores([r.image for r in results], prompts, clip, config.device)
     order = sorted(range(candidates), key=lambda i: -scores[i])
     return [(scores[i], results[i]) for i in order[:keep]]
+
+
+def ensemble_scores(images: Sequence[Image.Image], prompt: str, clips: Sequence[str], negative: Sequence[str] = (),
+                    device: str = "cpu") -> tuple[list[float], dict[str, list[float]]]:
+    """Each image's :func:`clip_scores` averaged over several CLIP models, and each model's own scores (so a
+    ranking can be judged by models that did not guide the images)."""
+    if not clips:
+        raise ClipstudioError("give at least one CLIP model to score with")
+    prompts = parse_prompts(prompt) + [negative_prompt(n) for n in negative]
+    per_model = {clip: clip_scores(images, prompts, clip, device) for clip in clips}
+    mean = [sum(scores[i] for scores in per_model.values()) / len(per_model) for i in range(len(images))]
+    return mean, per_model
+
+
+def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 4,
+                  cell: int = 128) -> Image.Image:
+    """The images in a grid, each at ``cell`` px with its caption (e.g. rank and score) below it."""
+    from PIL import ImageDraw
+
+    if not images:
+        raise ClipstudioError("a contact sheet needs at least one image")
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    caption_h = 14 * max(len(c.splitlines()) for c in captions) + 4
+    sheet = Image.new("RGB", (columns * cell, rows * (cell + caption_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (index % columns) * cell, (index // columns) * (cell + caption_h)
+        sheet.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
+        draw.multiline_text((x + 3, y + cell + 2), caption, fill="black", spacing=2)
+    return sheet

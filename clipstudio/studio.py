@@ -25,6 +25,7 @@ from .generators.base import Choice
 from .guide.clip import clip_input_size, load_clip
 from .guide.cutouts import CutoutParams, Cutouts
 from .guide.prompts import Prompt, image_prompt, negative_prompt, parse_prompts
+from .guide.targets import combination_embedding
 from .images import atomic_write, load_image, save_png, tensor_to_pil
 from .losses import ClipLoss, LossContext, build_loss
 from .resources import check_fits, estimate_peak_bytes
@@ -184,7 +185,9 @@ class Studio:
     def _image_prompt_embeds(self, prompts: list[Prompt], guide) -> dict[str, torch.Tensor]:
         embeds = {}
         for prompt in prompts:
-            if prompt.is_image:
+            if prompt.terms:  # embedding arithmetic: one target from several texts and images
+                embeds[prompt.text] = combination_embedding(prompt, guide, self.device)
+            elif prompt.is_image:
                 image = load_image(prompt.text).to(self.device)
                 image = torch.nn.functional.interpolate(image, size=(guide.image_size,) * 2,
                                                         mode="bicubic", antialias=True).clamp(0, 1)

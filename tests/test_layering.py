@@ -13,10 +13,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clipstudio"
 # Layer of each top-level part of the package; a module may import only from its own layer or below.
 LAYERS = {
     "_version": 0, "errors": 0, "images": 0, "weights": 0, "embedded": 0, "checkpoints": 0, "resources": 0,
-    "devices": 0, "schedules": 0,
-    "config": 1, "recipes": 1,
+    "devices": 0, "schedules": 0, "video": 0,
+    "config": 1, "recipes": 1, "keyframes": 1,
     "guide": 2, "losses": 2, "generators": 2, "diffusion": 2, "nets": 2,
-    "studio": 3, "ranking": 3,
+    "studio": 3, "ranking": 3, "animation": 3,
     "api": 4, "__init__": 4,
     "worlds": 5, "demos": 5, "evaluation": 5, "farm": 5,
     "train": 6,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-COMMANDS = ("generate", "bench", "models", "weights", "diffuse", "compare", "train", "eval", "demo", "batch")
+COMMANDS = ("generate", "recipe", "animate", "rank", "batch", "bench", "models", "weights", "diffuse", "compare",
+            "train", "eval", "demo")
 
 
 def command_modules():

@@ -14,6 +14,10 @@ A generator is an ``nn.Module`` that holds trainable latent parameters and draws
   from a palette, a shape type, whether an object is drawn...). Gradients move such choices poorly, so
   the studio may search them: it sets each option in turn, scores ``forward()`` with the loss, and keeps the
   best. The default returns no choices.
+- ``set_image(image)`` (optional) puts an NCHW [0, 1] image (any size) into the latent, as an init image
+  would start it: pixels directly, latent and VQGAN generators through their encoders. Animations use it to
+  move the current image (zoom, pan, rotate) and continue from the moved one. It returns False when the
+  generator cannot take an image (the default), and the caller then says so rather than pretend.
 
 The optimizer optimizes ``generator.parameters()`` that require grad, calls ``forward()``, ``post_step()`` and
 ``choices()``, and nothing else. Frozen parts (decoders, codebooks) must have ``requires_grad=False``.
@@ -67,6 +71,11 @@ class Generator(nn.Module):
     def choices(self) -> list[Choice]:
         """The discrete choices the studio may search; none by default."""
         return []
+
+    def set_image(self, image: torch.Tensor) -> bool:
+        """Encode ``image`` (NCHW in [0, 1], any size) into the trainable latent; False if this generator
+        cannot (the default)."""
+        return False
 
 
 def validate_size(size: tuple[int, int]) -> tuple[int, int]:

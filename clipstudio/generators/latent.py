@@ -232,6 +232,16 @@ class LatentGenerator(Generator):
         between them."""
         return cls(size, init_image, codec=LatentCodec(encoder, decoder, factor, latent_channels), **options)
 
+    @torch.no_grad()
+    def set_image(self, image: torch.Tensor) -> bool:
+        """Encode ``image`` into the latent (False when the autoencoder has no encoder)."""
+        if self.codec.encoder is None:
+            return False
+        grid_h, grid_w = self.latent.shape[-2:]
+        image = resize_init(image.to(self.latent.device), grid_w * self.codec.factor, grid_h * self.codec.factor)
+        self.latent.copy_(self.codec.encode(image))
+        return True
+
     def forward(self) -> torch.Tensor:
         image = clamp_with_grad(self.codec.decode(self.latent), 0.0, 1.0)
         return fit_output(image, self.width, self.height)

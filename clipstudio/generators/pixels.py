@@ -80,6 +80,18 @@ class PixelGenerator(Generator):
         decorrelated = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_CORRELATION), _logit(image))
         return torch.fft.rfft2(decorrelated * 4.0, norm="ortho") / self.scale
 
+    @torch.no_grad()
+    def set_image(self, image: torch.Tensor) -> bool:
+        """Put ``image`` into the pixels (or their spectrum), resized to the optimized grid."""
+        target = self.rgb if self.parametrization == "rgb" else self.spectrum
+        height, width = self.grid
+        image = resize_init(image.to(target.device), width, height)
+        if self.parametrization == "rgb":
+            self.rgb.copy_(image)
+        else:
+            self.spectrum.copy_(torch.view_as_real(self._image_to_spectrum(image)))
+        return True
+
     def forward(self) -> torch.Tensor:
         if self.parametrization == "rgb":
             image = self.rgb

@@ -212,6 +212,15 @@ class VQGANGenerator(Generator):
             z = codebook[codes].permute(2, 0, 1).unsqueeze(0)
         self.z = nn.Parameter(z.detach().clone())
 
+    @torch.no_grad()
+    def set_image(self, image: torch.Tensor) -> bool:
+        """Encode ``image`` into ``z`` (as an init image is), clamped to the codebook's range."""
+        grid_h, grid_w = self.z.shape[-2:]
+        image = resize_init(image.to(self.z.device), grid_w * self.factor, grid_h * self.factor)
+        self.z.copy_(self.model.encode_to_codes(image * 2 - 1))
+        self.post_step()
+        return True
+
     def forward(self) -> torch.Tensor:
         z_q = vector_quantize(self.z, self.model.codebook)
         image = clamp_with_grad(self.model.decode(z_q).add(1).div(2), 0.0, 1.0)

@@ -32,11 +32,11 @@ class ClipLoss(Loss):
     def __init__(self, guide: ClipGuide, prompts: list[Prompt], image_embeds: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.guide = guide
-        texts = [p.text for p in prompts if not p.is_image]
+        texts = [p.text for p in prompts if not p.is_image and not p.terms]
         text_embeds = guide.encode_text(texts) if texts else None
         rows, text_index = [], 0
         for prompt in prompts:
-            if prompt.is_image:
+            if prompt.is_image or prompt.terms:  # embedded by the caller (image files, arithmetic)
                 rows.append(image_embeds[prompt.text])
             else:
                 rows.append(text_embeds[text_index])

@@ -6,7 +6,9 @@ Besides settings, a recipe may hold:
 
 - ``generators: {NAME: {settings}}``: settings that replace the recipe's own when the run's generator is
   NAME (so a world's recipe can say what suits each generator);
-- keys starting with ``x-``: ignored, a place for YAML anchors that other keys reuse.
+- keys starting with ``x-``: ignored, a place for YAML anchors that other keys reuse;
+- ``animate: {settings}``: the recipe is an animation, with these :class:`clipstudio.keyframes.AnimateConfig`
+  settings (again only the differences from the defaults).
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ import yaml
 from ..config import GenerateConfig
 from ..embedded import recipe_dirs
 from ..errors import ClipstudioError
+from ..keyframes import AnimateConfig
 
 RECIPE_DIR = Path(__file__).parent
 PER_GENERATOR = "generators"
+ANIMATE = "animate"
 
 
 def _recipe_files() -> dict[str, Path]:
@@ -50,13 +54,15 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 def recipe_description(name_or_path: str) -> str:
-    """The first line of a recipe's leading comment."""
+    """The first sentence of a recipe's leading comment, on one line."""
+    lines = []
     for line in recipe_path(name_or_path).read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line.strip():
+        if not line.startswith("#"):
             break
-    return ""
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    end = text.find(". ")
+    return text[:end + 1] if end >= 0 else text
 
 
 def read_recipe(name_or_path: str) -> dict[str, Any]:
@@ -72,16 +78,32 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
     sections = data.get(PER_GENERATOR, {})
     if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
         raise ClipstudioError(f"recipe {path}: '{PER_GENERATOR}' must map generator names to settings")
-    for settings in [_settings_only(data), *sections.values()]:
-        try:
+    if ANIMATE in data and not isinstance(data[ANIMATE], (dict, type(None))):
+        raise ClipstudioError(f"recipe {path}: '{ANIMATE}' must map animation settings to values")
+    try:
+        for settings in [_settings_only(data), *sections.values()]:
             GenerateConfig.from_dict(settings)  # unknown keys and bad types fail here, with the recipe's name
-        except ClipstudioError as err:
-            raise ClipstudioError(f"recipe {path}: {err}") from None
+        if ANIMATE in data:
+            AnimateConfig.from_dict(data[ANIMATE]).validate()
+    except ClipstudioError as err:
+        raise ClipstudioError(f"recipe {path}: {err}") from None
     return data
 
 
 def _settings_only(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k != PER_GENERATOR}
+    return {k: v for k, v in data.items() if k not in (PER_GENERATOR, ANIMATE)}
+
+
+def is_animation(name_or_path: str) -> bool:
+    """Whether a recipe is an animation (it has an ``animate:`` section)."""
+    return ANIMATE in read_recipe(name_or_path)
+
+
+def recipe_animation(name_or_path: str, overrides: dict[str, Any] | None = None) -> AnimateConfig:
+    """The :class:`AnimateConfig` of a recipe's ``animate:`` section (the defaults if it has none), with
+    ``overrides`` on top."""
+    data = read_recipe(name_or_path).get(ANIMATE) or {}
+    return AnimateConfig.from_dict({**data, **(overrides or {})}).validate()
 
 
 def recipe_settings(name_or_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -110,6 +132,10 @@ def recipe_config(name_or_path: str, prompt: str | None = None, **overrides: Any
     return GenerateConfig.from_dict(recipe_settings(name_or_path, overrides))
 
 
-def dump_recipe(config: GenerateConfig) -> str:
-    """The YAML text of a recipe holding only ``config``'s differences from the defaults."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=True)
+def dump_recipe(config: GenerateConfig, animation: AnimateConfig | None = None) -> str:
+    """The YAML text of a recipe holding only ``config``'s (and ``animation``'s) differences from the
+    defaults; with ``animation``, the recipe is an animation even if all its settings are the defaults."""
+    data = config.to_dict()
+    if animation is not None:
+        data[ANIMATE] = animation.to_dict()
+    return yaml.safe_dump(data, sort_keys=True)
