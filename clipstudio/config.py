@@ -12,6 +12,8 @@ from .errors import ClipstudioError
 DEFAULT_CLIP = "ViT-B-32:openai"  # the lineage's guide; worlds' recipes name their own
 
 OPTIMIZERS = ("adam", "adamw")
+CUT_MODES = ("crops", "pooled")  # as in clipstudio.guide.cutouts (which sits a layer above)
+PRECISIONS = ("float32", "bfloat16", "float16")  # autocast dtype of the generator and CLIP forward passes
 from .schedules import SCHEDULES
 
 
@@ -44,6 +46,7 @@ class GenerateConfig:
     cut_min: float = 0.25
     cut_noise: float = 0.05
     augments: list[str] = field(default_factory=lambda: ["affine", "jitter"])
+    cut_mode: str = "crops"  # random crops, or "pooled": the whole image avg+max pooled (the classic cutouts)
     # Regularizers by name (see ``clipstudio.losses.LOSSES``) -> weight, and their options by name.
     losses: dict[str, float] = field(default_factory=dict)
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -57,6 +60,10 @@ class GenerateConfig:
     candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
     device: str = "cpu"
+    # Speed: autocast of the forward passes ("float32" is none; the others change the numerics), and
+    # channels_last memory for convolutional generators and guides (the same numbers, faster on CPU).
+    precision: str = "float32"
+    channels_last: bool = True
 
     def validate(self) -> GenerateConfig:
         """Check values a user can get wrong; each problem is one line of error."""
@@ -68,6 +75,10 @@ class GenerateConfig:
             raise ClipstudioError(f"size must be between 8 and 4096 pixels a side, got {self.width}x{self.height}")
         if self.optimizer not in OPTIMIZERS:
             raise ClipstudioError(f"unknown optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.cut_mode not in CUT_MODES:
+            raise ClipstudioError(f"unknown cut mode '{self.cut_mode}'; choose one of: {', '.join(CUT_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ClipstudioError(f"unknown precision '{self.precision}'; choose one of: {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise ClipstudioError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
         for name in ("lr", "cut_pow", "cut_noise", "weight_decay"):

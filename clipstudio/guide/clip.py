@@ -112,11 +112,13 @@ class ClipGuide(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Unit text embeddings, one row per text."""
-        tokens = self.tokenizer(texts).to(self.mean.device)
-        return nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        """Unit text embeddings, one row per text (frozen targets: computed under inference mode, then
+        cloned into an ordinary tensor that autograd may use)."""
+        with torch.inference_mode():
+            tokens = self.tokenizer(texts).to(self.mean.device)
+            embeds = nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return embeds.clone()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings of NCHW [0, 1] images already at ``image_size`` (differentiable)."""
