@@ -57,6 +57,7 @@ class GenerateConfig:
     # judges each option on all the cutouts: seconds with a 32-px guide, many minutes with ViT-B-32.
     search: int = 0
     search_restarts: int = 1  # searches from random starting choices; the best end state is kept
+    search_cutn: int = 0  # cutouts that judge the search's options (0: cutn); each costs a CLIP pass per option
     candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
     device: str = "cpu"
@@ -87,6 +88,8 @@ class GenerateConfig:
                 raise ClipstudioError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.search < 0:
             raise ClipstudioError(f"search needs 0 or more sweeps, got {self.search}")
+        if self.search_cutn < 0:
+            raise ClipstudioError(f"search-cutn must be 0 (as cutn) or more, got {self.search_cutn}")
         if self.search_restarts < 1:
             raise ClipstudioError(f"search-restarts must be at least 1, got {self.search_restarts}")
         if self.candidates < 1:

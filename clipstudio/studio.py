@@ -174,16 +174,18 @@ class Studio:
                 weights[name] = float(weight)
         return losses.to(self.device), weights
 
-    def _objective(self, images: torch.Tensor | None = None, cutout_params: CutoutParams | None = None
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _objective(self, images: torch.Tensor | None = None, cutout_params: CutoutParams | None = None,
+                   cutter: Cutouts | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted total and unweighted terms, one value per image: of the generator's image by default, or
-        of given ``images`` (N, 3, H, W), all judged on the same cutouts (``cutout_params``, else new ones)."""
+        of given ``images`` (N, 3, H, W), all judged on the same cutouts (``cutout_params``, else new ones,
+        made by ``cutter``, else by the run's cutouts)."""
+        cutter = cutter or self.cutouts
         with self.autocast():
             image = self.generator() if images is None else images
             cutouts = None
             if any(loss.needs_cutouts for loss in self.losses.values()):
-                params = cutout_params or self.cutouts.draw(image.shape[-2], image.shape[-1])
-                cutouts = self.cutouts.apply(image.float(), params)
+                params = cutout_params or cutter.draw(image.shape[-2], image.shape[-1])
+                cutouts = cutter.apply(image.float(), params)
             ctx = LossContext(image=image.float(), cutouts=cutouts, init_image=self.init_image, step=self.step_index)
             terms = {name: loss(ctx).float() for name, loss in self.losses.items()}
         total = sum(self.weights[name] * value for name, value in terms.items())
@@ -207,12 +209,13 @@ class Studio:
         choices = self.generator.choices()
         if not choices or sweeps < 1:
             return math.inf
-        params = self.cutouts.draw(self.config.height, self.config.width)
+        cutter = self._search_cutouts()
+        params = cutter.draw(self.config.height, self.config.width)
         best_loss, best_state = math.inf, None
         for restart in range(max(restarts, 1)):
             if restart:
                 _randomize(choices)
-            loss = self._coordinate_descent(choices, sweeps, params)
+            loss = self._coordinate_descent(choices, sweeps, params, cutter)
             loss += sum(choice.cost(choice.get()) for choice in choices)
             if loss < best_loss:
                 best_loss, best_state = loss, copy.deepcopy(self.generator.state_dict())
@@ -220,7 +223,17 @@ class Studio:
             self.generator.load_state_dict(best_state)
         return best_loss
 
-    def _coordinate_descent(self, choices: list[Choice], sweeps: int, params: CutoutParams) -> float:
+    def _search_cutouts(self) -> Cutouts:
+        """The cutouts that judge the search: the run's, or as many as ``config.search_cutn`` of the same kind
+        (judging options needs fewer views than a gradient step, and costs their number in CLIP passes)."""
+        c = self.config
+        if not c.search_cutn or c.search_cutn == c.cutn:
+            return self.cutouts
+        return Cutouts(self.cutouts.size, c.search_cutn, c.cut_pow, c.cut_min, c.augments, c.cut_noise,
+                       c.cut_mode).to(self.device)
+
+    def _coordinate_descent(self, choices: list[Choice], sweeps: int, params: CutoutParams,
+                            cutter: Cutouts) -> float:
         loss = math.inf
         for _ in range(sweeps):
             changed = False
@@ -231,7 +244,7 @@ class Studio:
                 for option in options:
                     choice.set(option)
                     images.append(self.generator())
-                totals = self._objective(torch.cat(images), params)[0]
+                totals = self._objective(torch.cat(images), params, cutter)[0]
                 totals = torch.where(torch.isfinite(totals), totals, torch.full_like(totals, math.inf))
                 best = int((totals + torch.tensor([choice.cost(o) for o in options])).argmin())
                 choice.set(options[best])
@@ -398,7 +411,8 @@ def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
     """The settings of the layout stage: this run's prompts, guides, size, seed, cutouts and search; the
     layout generator with ``layout_options`` and the default schedule."""
     keep = ("prompt", "negative", "image_prompts", "clip", "width", "height", "seed", "cutn", "cut_pow",
-            "cut_min", "cut_noise", "augments", "weights_dir", "device", "search", "search_restarts")
+            "cut_min", "cut_noise", "augments", "weights_dir", "device", "search", "search_restarts", "search_cutn",
+            "cut_mode", "precision", "channels_last")
     return GenerateConfig(**{name: getattr(config, name) for name in keep}, generator=layout,
                           generator_options=dict(config.layout_options), steps=_LAYOUT_STEPS)
 

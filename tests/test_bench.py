@@ -124,3 +124,28 @@ def test_random_weight_vqgan_has_the_released_architecture():
     gen = build_generator("vqgan", (32, 32), model="vqgan_imagenet_f16_16384", random_weights=True)
     assert gen.model.codebook.shape == (16384, 256) and gen.z.shape == (1, 256, 2, 2)
     assert gen().shape == (1, 3, 32, 32)
+
+
+def test_whole_image_crops_are_resized_once_like_the_warp():
+    from kornia.geometry.transform import crop_and_resize
+
+    torch.manual_seed(0)
+    cut = Cutouts(16, cutn=3, cut_min=1.0, augments=[], noise=0.0)
+    image = torch.rand(2, 3, 40, 40)
+    params = cut.draw(40, 40)
+    assert params.same_view
+    warped = crop_and_resize(image.repeat_interleave(3, dim=0), params.tiled(2).boxes, (16, 16), padding_mode="border")
+    assert torch.allclose(cut.apply(image, params), warped, atol=1e-4)
+    assert not cut.draw(40, 48).same_view  # a crop of a non-square image moves
+
+
+def test_search_is_judged_on_search_cutn_cutouts(tiny_clip):
+    from clipstudio.studio import Studio
+
+    settings = {"prompt": "a red circle", "clip": [tiny_clip], "width": 32, "height": 32, "cutn": 6,
+                "generator": "primitives", "search": 1, "steps": 1}
+    studio = Studio(GenerateConfig.from_dict({**settings, "search_cutn": 2}))
+    assert studio._search_cutouts().cutn == 2 and studio.cutouts.cutn == 6
+    assert math.isfinite(studio.search(1))
+    default = Studio(GenerateConfig.from_dict(settings))
+    assert default._search_cutouts() is default.cutouts  # search_cutn 0: the run's own cutouts

@@ -23,6 +23,7 @@ HELPS = {
     "layout": "start from this generator's searched result (coarse to fine), or none",
     "search": "sweeps of search over the generator's discrete choices before the first step (0: off)",
     "search_restarts": "searches from random starting choices; the best is kept",
+    "search_cutn": "cutouts that judge the search's options (0: as --cutn)",
     "candidates": "CLIP ranking: generate N candidates (seeds seed..seed+N-1) and keep the best",
     "weights_dir": "folder of model files for offline use",
     "cut_mode": "crops: random square crops; pooled: the whole image, avg+max pooled (the classic cutouts)",

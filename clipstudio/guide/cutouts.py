@@ -146,8 +146,9 @@ class Cutouts(nn.Module):
         if self.mode == "pooled":  # every cutout is the same pooled image: pool once, repeat
             pooled = (nn.functional.adaptive_avg_pool2d(image, size) + nn.functional.adaptive_max_pool2d(image, size)) / 2
             return pooled.repeat_interleave(self.cutn, dim=0)
-        if same_view:  # all of an image's crops are one box (cut_min=1 on a square image): resize once, repeat
-            once = crop_and_resize(image, boxes[:: self.cutn], size, padding_mode="border")
+        if same_view:  # every crop is the whole (square) image: resize once, repeat. crop_and_resize's warp of
+            # that box samples the points of an align_corners bilinear resize, which is one kernel, not a warp.
+            once = nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=True)
             return once.repeat_interleave(self.cutn, dim=0)
         batch = image.repeat_interleave(self.cutn, dim=0)
         return crop_and_resize(batch, boxes, size, padding_mode="border")
