@@ -15,6 +15,7 @@ DEFAULT_CLIP = "ViT-B-32:openai"  # the lineage's guide; worlds' recipes name th
 
 OPTIMIZERS = ("adam", "adamw")
 
+CUT_MODES = ("crops", "pooled")  # as in clipstudio.guide.cutouts (which sits a layer above)
 from .schedules import SCHEDULES
 
 # Bounds of the numeric settings, (low, high) inclusive. Adam moves a parameter by about lr a step, and every
@@ -131,6 +132,7 @@ class GenerateConfig:
     cut_min: float = 0.25
     cut_noise: float = 0.05
     augments: list[str] = field(default_factory=lambda: ["affine", "jitter"])
+    cut_mode: str = "crops"  # random crops, or "pooled": the whole image avg+max pooled (the classic cutouts)
     # Regularizers by name (see ``clipstudio.losses.LOSSES``) -> weight, and their options by name.
     losses: dict[str, float] = field(default_factory=dict)
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -141,10 +143,13 @@ class GenerateConfig:
     # judges each option on all the cutouts: seconds with a 32-px guide, many minutes with ViT-B-32.
     search: int = 0
     search_restarts: int = 1  # searches from random starting choices; the best end state is kept
+    search_cutn: int = 0  # cutouts that judge the search's options (0: cutn); each costs a CLIP pass per option
     candidates: int = 1  # CLIP ranking: run seeds seed..seed+N-1 and keep the image the first CLIP scores best
     weights_dir: str | None = None
     device: str = "auto"  # auto: CUDA, then MPS, then CPU (clipstudio.devices.resolve_device)
     dtype: str = "float32"  # bfloat16 or float16: the losses (the CLIP forward) run under autocast where supported
+    # Speed: channels_last memory for convolutional generators and guides (the same numbers, faster on CPU).
+    channels_last: bool = True
 
     def validate(self) -> GenerateConfig:
         """Check values a user can get wrong (types, ranges, finiteness); each problem is one line of error.
@@ -163,11 +168,15 @@ class GenerateConfig:
             raise ClipstudioError(f"size must be between 8 and 4096 pixels a side, got {self.width}x{self.height}")
         if self.optimizer not in OPTIMIZERS:
             raise ClipstudioError(f"unknown optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.cut_mode not in CUT_MODES:
+            raise ClipstudioError(f"unknown cut mode '{self.cut_mode}'; choose one of: {', '.join(CUT_MODES)}")
         if self.schedule not in SCHEDULES:
             raise ClipstudioError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
         check_ranges(self, RANGES)
         if not (SEED_MIN <= self.seed and self.seed + self.candidates - 1 <= SEED_MAX):
             raise ClipstudioError(f"seed must be between {SEED_MIN} and {SEED_MAX} (minus candidates), got {self.seed}")
+        if self.search_cutn < 0:
+            raise ClipstudioError(f"search-cutn must be 0 (as cutn) or more, got {self.search_cutn}")
         if not self.clip:
             raise ClipstudioError("give at least one CLIP model")
         if self.dtype not in DTYPES:

@@ -140,8 +140,10 @@ class Studio:
         ).to(self.device)
         if self.init_image is not None:
             self.init_image = self.generator().detach()  # the init as the generator renders it, at output size
+        if config.channels_last:  # the same numbers; convolutions run faster in this layout on CPU
+            to_channels_last(self.generator)
         self.cutouts = Cutouts(max(g.image_size for g in self.guides), config.cutn, config.cut_pow,
-                               config.cut_min, config.augments, config.cut_noise).to(self.device)
+                               config.cut_min, config.augments, config.cut_noise, config.cut_mode).to(self.device)
         self.losses, self.weights = self._build_losses()
         params = [p for p in self.generator.parameters() if p.requires_grad]
         if not params:
@@ -208,17 +210,19 @@ class Studio:
                 weights[name] = float(weight)
         return losses.to(self.device), weights
 
-    def _objective(self, images: torch.Tensor | None = None, cutout_params: CutoutParams | None = None
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _objective(self, images: torch.Tensor | None = None, cutout_params: CutoutParams | None = None,
+                   cutter: Cutouts | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted total and unweighted terms, one value per image: of the generator's image by default, or
-        of given ``images`` (N, 3, H, W), all judged on the same cutouts (``cutout_params``, else new ones)."""
-        image = self.generator() if images is None else images
-        cutouts = None
-        if any(loss.needs_cutouts for loss in self.losses.values()):
-            params = cutout_params or self.cutouts.draw(image.shape[-2], image.shape[-1])
-            cutouts = self.cutouts.apply(image, params)
-        ctx = LossContext(image=image, cutouts=cutouts, init_image=self.init_image, step=self.step_index)
-        with autocast(self.device, self.config.dtype):  # mixed precision for the CLIP forward, if asked for
+        of given ``images`` (N, 3, H, W), all judged on the same cutouts (``cutout_params``, else new ones,
+        made by ``cutter``, else by the run's cutouts)."""
+        cutter = cutter or self.cutouts
+        with autocast(self.device, self.config.dtype):  # mixed precision, if asked for
+            image = self.generator() if images is None else images
+            cutouts = None
+            if any(loss.needs_cutouts for loss in self.losses.values()):
+                params = cutout_params or cutter.draw(image.shape[-2], image.shape[-1])
+                cutouts = cutter.apply(image.float(), params)
+            ctx = LossContext(image=image.float(), cutouts=cutouts, init_image=self.init_image, step=self.step_index)
             terms = {name: loss(ctx).float() for name, loss in self.losses.items()}
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, terms
@@ -236,12 +240,13 @@ class Studio:
         choices = self.generator.choices()
         if not choices or sweeps < 1:
             return math.inf
-        params = self.cutouts.draw(self.config.height, self.config.width)
+        cutter = self._search_cutouts()
+        params = cutter.draw(self.config.height, self.config.width)
         best_loss, best_state = math.inf, None
         for restart in range(max(restarts, 1)):
             if restart:
                 _randomize(choices)
-            loss = self._coordinate_descent(choices, sweeps, params)
+            loss = self._coordinate_descent(choices, sweeps, params, cutter)
             loss += sum(choice.cost(choice.get()) for choice in choices)
             if loss < best_loss:
                 best_loss, best_state = loss, copy.deepcopy(self.generator.state_dict())
@@ -249,7 +254,17 @@ class Studio:
             self.generator.load_state_dict(best_state)
         return best_loss
 
-    def _coordinate_descent(self, choices: list[Choice], sweeps: int, params: CutoutParams) -> float:
+    def _search_cutouts(self) -> Cutouts:
+        """The cutouts that judge the search: the run's, or as many as ``config.search_cutn`` of the same kind
+        (judging options needs fewer views than a gradient step, and costs their number in CLIP passes)."""
+        c = self.config
+        if not c.search_cutn or c.search_cutn == c.cutn:
+            return self.cutouts
+        return Cutouts(self.cutouts.size, c.search_cutn, c.cut_pow, c.cut_min, c.augments, c.cut_noise,
+                       c.cut_mode).to(self.device)
+
+    def _coordinate_descent(self, choices: list[Choice], sweeps: int, params: CutoutParams,
+                            cutter: Cutouts) -> float:
         loss = math.inf
         for _ in range(sweeps):
             changed = False
@@ -260,7 +275,7 @@ class Studio:
                 for option in options:
                     choice.set(option)
                     images.append(self.generator())
-                totals = self._objective(torch.cat(images), params)[0]
+                totals = self._objective(torch.cat(images), params, cutter)[0]
                 totals = torch.where(torch.isfinite(totals), totals, torch.full_like(totals, math.inf))
                 best = int((totals + torch.tensor([choice.cost(o) for o in options])).argmin())
                 choice.set(options[best])
@@ -285,14 +300,9 @@ class Studio:
         self.optimizer.zero_grad(set_to_none=True)
         total, terms = self._objective()
         total, terms = total[0], {name: value[0] for name, value in terms.items()}
-        reason = ""
-        if not torch.isfinite(total):
-            reason = "loss is not finite"
-        else:
-            total.backward()
-            if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in self.optimizer_params()):
-                reason = "gradient is not finite"
-        info = StepInfo(self.step_index, {k: float(v.detach()) for k, v in terms.items()}, float(total.detach()))
+        total.backward()  # also when not finite: the step is then skipped, and a skip is rare
+        host_terms, host_total, reason = self._check_finite(total, terms)
+        info = StepInfo(self.step_index, host_terms, host_total)
         if reason:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
@@ -306,6 +316,19 @@ class Studio:
         self.step_index += 1
         self.last = info
         return info
+
+    def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor]
+                      ) -> tuple[dict[str, float], float, str]:
+        """The terms and total as floats, and why the step must be skipped ("" if it need not): one
+        device-to-host copy for all of them and the gradients' finiteness (each ``float()`` would be a sync)."""
+        grads = [p.grad for p in self.optimizer_params() if p.grad is not None]
+        grad_norm = torch.stack(torch._foreach_norm(grads)).sum() if grads else total.new_zeros(())
+        values = torch.stack([*(v.detach().float() for v in terms.values()), total.detach().float(),
+                              grad_norm.float()]).tolist()
+        host_terms, host_total = dict(zip(terms, values[:-2])), values[-2]
+        if not math.isfinite(host_total):
+            return host_terms, host_total, "loss is not finite"
+        return host_terms, host_total, "" if math.isfinite(values[-1]) else "gradient is not finite"
 
     def _set_lr(self) -> None:
         c = self.config
@@ -431,6 +454,15 @@ def _portable(settings: Any) -> Any:
     return {k: v for k, v in settings.items() if k != "device"} if isinstance(settings, dict) else settings
 
 
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """Put every 2-D convolution's weight in channels_last memory, in place: PyTorch then runs the convolution
+    and what follows it in that layout (the numbers stay the same up to rounding)."""
+    for conv in module.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
 def resolve_layout(config: GenerateConfig) -> str | None:
     """The generator whose result starts this run (``config.layout``), or None: none is asked for, an init
     image is given, or the layout generator is this run's own."""
@@ -443,7 +475,8 @@ def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
     """The settings of the layout stage: this run's prompts, guides, size, seed, cutouts and search; the
     layout generator with ``layout_options`` and the default schedule."""
     keep = ("prompt", "negative", "image_prompts", "clip", "width", "height", "seed", "cutn", "cut_pow",
-            "cut_min", "cut_noise", "augments", "weights_dir", "device", "dtype", "search", "search_restarts")
+            "cut_min", "cut_noise", "augments", "weights_dir", "device", "dtype", "search", "search_restarts",
+            "search_cutn", "cut_mode", "channels_last")
     return GenerateConfig(**{name: getattr(config, name) for name in keep}, generator=layout,
                           generator_options=dict(config.layout_options), steps=_LAYOUT_STEPS)
 

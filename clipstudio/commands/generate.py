@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import OPTIMIZERS, SCHEDULES, GenerateConfig
+from ..config import CUT_MODES, OPTIMIZERS, SCHEDULES, GenerateConfig
 from ..errors import ClipstudioError
 from ._options import S, add_dataclass_options, key_value, typed_settings
 
@@ -23,10 +23,13 @@ HELPS = {
     "layout": "start from this generator's searched result (coarse to fine), or none",
     "search": "sweeps of search over the generator's discrete choices before the first step (0: off)",
     "search_restarts": "searches from random starting choices; the best is kept",
+    "search_cutn": "cutouts that judge the search's options (0: as --cutn)",
     "candidates": "CLIP ranking: generate N candidates (seeds seed..seed+N-1) and keep the best",
     "weights_dir": "folder of model files for offline use",
     "device": "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps",
     "dtype": "float32, or bfloat16/float16 to run the CLIP forward under autocast where the device supports it",
+    "cut_mode": "crops: random square crops; pooled: the whole image, avg+max pooled (the classic cutouts)",
+    "channels_last": "channels_last memory for convolutional models (same numbers; faster on CPU)",
 }
 FLAGS = {"image_prompts": "image-prompt", "augments": "augment"}
 SHORTHAND_LOSSES = {"tv": "total-variation weight", "anchor": "MSE-to-init-image weight",
@@ -41,7 +44,8 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
                         help=f"a recipe name or YAML file (default: '{DEFAULT_RECIPE}' unless --clip is given)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=S)
     add_dataclass_options(parser, GenerateConfig, helps=HELPS, flags=FLAGS, skip=("prompt", "width", "height"),
-                          choices={"optimizer": OPTIMIZERS, "schedule": SCHEDULES})
+                          choices={"optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+                                   "cut_mode": CUT_MODES})
     parser.add_argument("--gen-opt", type=key_value, action="append", default=S, metavar="KEY=VALUE",
                         help="a generator option, e.g. parametrization=rgb or vae=taef2")
     parser.add_argument("--layout-opt", type=key_value, action="append", default=S, metavar="KEY=VALUE",

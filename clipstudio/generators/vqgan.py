@@ -110,6 +110,25 @@ class VQGANAutoencoder(nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
 
+# The architectures of the released taming models (their model.yaml), so a model can be built with random
+# weights, for timing, without any download. The f16 ImageNet models differ only in the codebook size.
+_TAMING_F16_DDCONFIG = {"double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                        "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16],
+                        "dropout": 0.0}
+KNOWN_ARCHITECTURES: dict[str, VQGANConfig] = {
+    "vqgan_imagenet_f16_16384": VQGANConfig(_TAMING_F16_DDCONFIG, n_embed=16384, embed_dim=256, gumbel=False),
+    "vqgan_imagenet_f16_1024": VQGANConfig(_TAMING_F16_DDCONFIG, n_embed=1024, embed_dim=256, gumbel=False),
+}
+
+
+def random_vqgan(model: str = DEFAULT_MODEL) -> VQGANAutoencoder:
+    """A released architecture with random weights (for timing and tests only), frozen and in eval mode."""
+    if model not in KNOWN_ARCHITECTURES:
+        raise ClipstudioError(f"no built-in architecture for VQGAN '{model}'; "
+                              f"random weights exist for: {', '.join(KNOWN_ARCHITECTURES)}")
+    return VQGANAutoencoder(KNOWN_ARCHITECTURES[model]).eval().requires_grad_(False)
+
+
 def load_checkpoint_state(path: str | os.PathLike, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """The model state dict of a (Lightning) checkpoint, through :func:`clipstudio.checkpoints.load_checkpoint`.
 
@@ -189,14 +208,21 @@ class VQGANGenerator(Generator):
     module; default ``vqgan_imagenet_f16_16384``) or ``checkpoint=PATH config=PATH``; ``weights_dir`` (where to
     look for named models). ``trusted`` is no option but a runtime argument (``--trust-checkpoint`` of the
     current command line): it allows a full unpickle of the checkpoint, which a setting never can.
+    ``random_weights`` (the named model's architecture with random weights, no download: timing and tests only).
     """
 
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None, *,
                  model: str | None = None, checkpoint: str | None = None, config: str | None = None,
-                 weights_dir: str | None = None, trusted: bool = False, **options: Any):
+                 weights_dir: str | None = None, trusted: bool = False, random_weights: bool | str = False,
+                 **options: Any):
         super().__init__(size, init_image, **options)
-        ckpt_path, config_path = resolve_files(model, checkpoint, config, weights_dir)
-        self.model = load_vqgan(ckpt_path, config_path, trusted is True)
+        if str(random_weights).lower() in ("1", "true", "yes"):
+            if checkpoint or config:
+                raise ClipstudioError("option random_weights=true builds a named model; drop checkpoint/config")
+            self.model = random_vqgan(model or DEFAULT_MODEL)
+        else:
+            ckpt_path, config_path = resolve_files(model, checkpoint, config, weights_dir)
+            self.model = load_vqgan(ckpt_path, config_path, trusted is True)
         self.factor = self.model.config.factor
         grid_w, grid_h = latent_grid(self.width, self.height, self.factor)
         codebook = self.model.codebook

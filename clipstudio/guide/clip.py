@@ -177,11 +177,13 @@ class ClipGuide(nn.Module):
         """NCHW [0, 1] images as the model's input (its mean and std)."""
         return (images - self.mean) / self.std
 
-    @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit text embeddings, one row per text."""
-        tokens = self.tokenizer(list(texts)).to(self.mean.device)
-        return nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        """Unit text embeddings, one row per text (frozen targets: computed under inference mode, then
+        cloned into an ordinary tensor that autograd may use)."""
+        with torch.inference_mode():
+            tokens = self.tokenizer(list(texts)).to(self.mean.device)
+            embeds = nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return embeds.clone()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings of NCHW [0, 1] images already at ``image_size`` (differentiable)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..config import CUT_MODES  # a random square crop resized to the guide's input, or the whole image pooled
 from ..errors import ClipstudioError
 
 # Augmentation registry: name -> factory of a kornia augmentation. Flips are absent on purpose:
@@ -30,11 +31,18 @@ def _register_kornia_augments() -> None:
         "sharpness": lambda: K.RandomSharpness(sharpness=0.3, p=0.4),
         "blur": lambda: K.RandomGaussianBlur(kernel_size=(3, 3), sigma=(0.1, 1.0), p=0.3),
         "grayscale": lambda: K.RandomGrayscale(p=0.1),
+        # The classic VQGAN+CLIP notebooks' augmentations (with pooled cutouts; ``bench --preset classic``).
+        "classic-affine": lambda: K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="zeros"),
+        "classic-perspective": lambda: K.RandomPerspective(0.7, p=0.7),
+        "classic-jitter": lambda: K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
+        "classic-erasing": lambda: K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 1 / 0.3), same_on_batch=True,
+                                                   p=0.7),
     })
 
 
 _register_kornia_augments()
 DEFAULT_AUGMENTS = ("affine", "perspective", "jitter", "erasing")
+CLASSIC_AUGMENTS = ("classic-affine", "classic-perspective", "classic-jitter", "classic-erasing")
 
 
 def list_augments() -> list[str]:
@@ -57,6 +65,7 @@ class CutoutParams:
     boxes: torch.Tensor  # (cutn, 4, 2) crop corners in source pixels, clockwise from top-left
     noise: torch.Tensor  # (cutn, 3, size, size) additive noise, already scaled per cutout
     augment: list[dict] = field(default_factory=list)  # kornia params, one dict per augmentation
+    same_view: bool = False  # every box is the whole image, so the un-augmented cutouts are all alike
 
     def tiled(self, copies: int) -> CutoutParams:
         """The same cutouts for ``copies`` images in a row (image-major), e.g. to judge several candidate
@@ -71,7 +80,8 @@ class CutoutParams:
             return value  # per-batch values such as ColorJiggle's order of operations
 
         return CutoutParams(boxes=self.boxes.repeat(copies, 1, 1), noise=self.noise.repeat(copies, 1, 1, 1),
-                            augment=[{k: tile(k, v) for k, v in d.items()} for d in self.augment])
+                            augment=[{k: tile(k, v) for k, v in d.items()} for d in self.augment],
+                            same_view=self.same_view)
 
 
 def crop_fractions(cutn: int, cut_pow: float, cut_min: float) -> torch.Tensor:
@@ -80,16 +90,24 @@ def crop_fractions(cutn: int, cut_pow: float, cut_min: float) -> torch.Tensor:
 
 
 class Cutouts(nn.Module):
-    """Draws and applies ``cutn`` augmented cutouts of an NCHW [0, 1] image at ``size`` x ``size``."""
+    """Draws and applies ``cutn`` augmented cutouts of an NCHW [0, 1] image at ``size`` x ``size``.
+
+    Cutouts that are all the same view of an image (``mode="pooled"``, or crops with ``cut_min=1`` of a square
+    image) are computed once per image and repeated, not once per cutout: only the augmentations differ.
+    """
 
     def __init__(self, size: int, cutn: int = 16, cut_pow: float = 1.0, cut_min: float = 0.5,
-                 augments: list[str] | tuple[str, ...] = DEFAULT_AUGMENTS, noise: float = 0.05):
+                 augments: list[str] | tuple[str, ...] = DEFAULT_AUGMENTS, noise: float = 0.05,
+                 mode: str = "crops"):
         super().__init__()
         if cutn < 1:
             raise ClipstudioError(f"cutn must be at least 1, got {cutn}")
         if not 0.0 < cut_min <= 1.0:
             raise ClipstudioError(f"cut_min must be in (0, 1], got {cut_min}")
+        if mode not in CUT_MODES:
+            raise ClipstudioError(f"unknown cut mode '{mode}'; choose one of: {', '.join(CUT_MODES)}")
         self.size, self.cutn, self.cut_pow, self.cut_min, self.noise = size, cutn, cut_pow, cut_min, noise
+        self.mode = mode
         self.augment_names = list(augments)
         self.augments = nn.ModuleList(build_augments(self.augment_names))
 
@@ -105,22 +123,35 @@ class Cutouts(nn.Module):
         noise = torch.randn(self.cutn, 3, self.size, self.size) * scale
         shape = torch.Size([self.cutn, 3, self.size, self.size])
         augment = [aug.forward_parameters(shape) for aug in self.augments]
-        return CutoutParams(boxes=boxes, noise=noise, augment=augment)
+        same_view = self.mode == "pooled" or (self.cut_min >= 1.0 and height == width)
+        return CutoutParams(boxes=boxes, noise=noise, augment=augment, same_view=same_view)
 
     def apply(self, image: torch.Tensor, params: CutoutParams) -> torch.Tensor:
         """Cut, augment and add noise to ``image`` (NCHW) with the given parameters (differentiable).
 
         Every image gets the same ``cutn`` cutouts; the result holds image 0's cutouts, then image 1's...
         """
-        from kornia.geometry.transform import crop_and_resize
-
         if image.shape[0] > 1:
             params = params.tiled(image.shape[0])
-        batch = image.repeat_interleave(self.cutn, dim=0)
-        cuts = crop_and_resize(batch, params.boxes.to(image.device), (self.size, self.size), padding_mode="border")
+        cuts = self._views(image, params.boxes.to(image.device), params.same_view)
         for aug, aug_params in zip(self.augments, params.augment):
             cuts = aug(cuts, params=aug_params)
         return (cuts + params.noise.to(image.device)).clamp(0, 1)
+
+    def _views(self, image: torch.Tensor, boxes: torch.Tensor, same_view: bool) -> torch.Tensor:
+        """The un-augmented cutouts, image-major: (N * cutn, 3, size, size)."""
+        from kornia.geometry.transform import crop_and_resize
+
+        size = (self.size, self.size)
+        if self.mode == "pooled":  # every cutout is the same pooled image: pool once, repeat
+            pooled = (nn.functional.adaptive_avg_pool2d(image, size) + nn.functional.adaptive_max_pool2d(image, size)) / 2
+            return pooled.repeat_interleave(self.cutn, dim=0)
+        if same_view:  # every crop is the whole (square) image: resize once, repeat. crop_and_resize's warp of
+            # that box samples the points of an align_corners bilinear resize, which is one kernel, not a warp.
+            once = nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=True)
+            return once.repeat_interleave(self.cutn, dim=0)
+        batch = image.repeat_interleave(self.cutn, dim=0)
+        return crop_and_resize(batch, boxes, size, padding_mode="border")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Draw new parameters and apply them."""
