@@ -50,7 +50,7 @@ def test_plan_validates_both_halves_before_running():
         C.plan_compare([], [0], diffuse=ok)
     with pytest.raises(ClipstudioError, match="unknown generator 'dalle'"):
         C.plan_compare([SHAPES_PROMPT], [0], ["clip-guided:dalle", "cfg-diffusion"], diffuse=ok)
-    with pytest.raises(ClipstudioError, match="cutn must be at least 1"):
+    with pytest.raises(ClipstudioError, match="cutn must be between 1 and"):
         C.plan_compare([SHAPES_PROMPT], [0], clip_overrides={"cutn": 0}, diffuse=ok)
     with pytest.raises(ClipstudioError, match="guidance must be a finite"):
         C.plan_compare([SHAPES_PROMPT], [0], diffuse=ok.replace(guidance=float("inf")))
@@ -70,7 +70,7 @@ def test_plan_validates_both_halves_before_running():
     (["--generator", "dalle"], "unknown generator 'dalle'"),
     (["--guidance", "inf"], "guidance must be a finite number"),
     (["--eta", "nan"], "eta must be a finite number"),
-    (["--clip-steps", "-1"], "steps must be 0 or more"),
+    (["--clip-steps", "-1"], "steps must be between 0 and"),
     (["--model", "no-such-model"], "unknown embedded model 'no-such-model'"),
 ])
 def test_command_bad_input_is_one_line_before_any_work(tmp_path, capsys, argv, message):

@@ -7,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 
+import tempfile
+
 import pytest
 import yaml
 
@@ -27,10 +29,14 @@ def tiny_generate(tiny_options) -> dict:
     return {**tiny_options, "layout": "none", "search": 0, "steps": 2}
 
 
+BROKEN_IMAGE = Path(tempfile.gettempdir()) / "clipstudio-farm-test-broken.png"
+
+
 def _tiny_file(tiny_generate, prompts=("a red circle", "a blue square"), seeds=(0, 1), failing=True, **extra):
     data = {"prompts": list(prompts), "seeds": list(seeds), "generate": tiny_generate, "retries": 1, **extra}
-    if failing:  # fails in the worker, on every attempt: its init image does not exist
-        data["jobs"] = [{"prompt": "doomed", "seed": 0, "init_image": "/nonexistent/init.png"}]
+    if failing:  # fails in the worker, on every attempt: its init image exists (so it validates) but is no image
+        BROKEN_IMAGE.write_bytes(b"not a png")
+        data["jobs"] = [{"prompt": "doomed", "seed": 0, "init_image": str(BROKEN_IMAGE)}]
     return parse_job_file(data)
 
 
@@ -157,7 +163,8 @@ def test_batch_runs_retries_fails_and_skips_on_rerun(executor, tiny_generate, tm
     records = read_manifest(tmp_path / MANIFEST_NAME)
     doomed = [r for r in records if r["prompt"] == "doomed"]
     assert [r["status"] for r in doomed] == ["retry", "failed"]  # retries: 1, then failed with one line
-    assert doomed[-1]["error"] == "image not found: /nonexistent/init.png"
+    assert doomed[-1]["error"].startswith(f"cannot read image {BROKEN_IMAGE}")
+    assert "\n" not in doomed[-1]["error"]
     outputs = _pngs(tmp_path)
     assert len(outputs) == 4
     for job in job_file.jobs[:4]:

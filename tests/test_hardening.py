@@ -333,7 +333,7 @@ def test_training_bad_numbers_and_missing_init(tmp_path, capsys):
         (["train", "clip", "--lr", "1e38", "--steps", 1, "--batch", 2, "--out", tmp_path / "c.pt"], "--lr must be"),
         (["train", "diffusion", "--lr", "nan", "--steps", 1, "--out", tmp_path / "d.pt"], "--lr must be"),
         (["train", "clip", "--init", tmp_path / "none.pt", "--steps", 1, "--batch", 2, "--out", tmp_path / "c.pt"],
-         "not found"),
+         "no checkpoint at"),
     ]:
         assert_one_line(argv, capsys, match)
     assert not (tmp_path / "c.pt").exists() and not (tmp_path / "d.pt").exists()

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from pathlib import Path
+
 import torch
 
 from clipstudio.diffusion.sampling import bind_cond, cfg_model, check_steps, list_samplers, sampler_entry
@@ -300,11 +302,11 @@ def _pipeline_kwargs(path: str) -> dict:
     import json
 
     try:
-        index = json.loads(Path_(path, "model_index.json").read_text())
+        index = json.loads(Path(path, "model_index.json").read_text())
     except (OSError, ValueError) as e:
-        raise ClipstudioError(f"cannot read {Path_(path, 'model_index.json')}: {type(e).__name__}") from None
+        raise ClipstudioError(f"cannot read {Path(path, 'model_index.json')}: {type(e).__name__}") from None
     if not isinstance(index, dict):
-        raise ClipstudioError(f"{Path_(path, 'model_index.json')} is not a JSON object")
+        raise ClipstudioError(f"{Path(path, 'model_index.json')} is not a JSON object")
     if "tokenizer_2" in index or "text_encoder_2" in index:
         raise ClipstudioError(f"pipeline '{path}' ({index.get('_class_name', '?')}) has two text encoders "
                               "(SDXL/SD3 style); only one-text-encoder pipelines (Stable Diffusion 1.x/2.x) load")
