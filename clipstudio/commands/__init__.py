@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-COMMANDS = ("generate", "bench", "models", "weights", "diffuse", "compare", "train", "eval", "demo")
+COMMANDS = ("generate", "bench", "models", "weights", "diffuse", "compare", "train", "eval", "demo", "live")
 
 
 def command_modules():
