@@ -15,7 +15,7 @@ from PIL import Image
 from clipstudio.live.runner import LiveRunner, run_worker
 from clipstudio.live.store import FrameStore
 from clipstudio.studio import StepInfo, Studio
-from live_helpers import fast_options, started_runner, write_playlist
+from live_helpers import fast_options, kill_and_resume, started_runner, status_of, wait_for, write_playlist
 
 
 def status(runner) -> dict:
@@ -158,30 +158,12 @@ def _worker(playlist, folder, options):
     os._exit(run_worker(playlist, folder, options, threads=1))
 
 
-def _wait_for(predicate, seconds=90.0):
-    end = time.time() + seconds
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out")
-
-
-def _status_of(folder, pid):
-    try:
-        data = json.loads((folder / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if data["pid"] == pid else None
-
-
 def test_sigterm_finishes_the_step_checkpoints_and_exits_0(tmp_path):
     playlist, folder = write_playlist(tmp_path / "p.yaml"), tmp_path / "out"
     options = fast_options(frame_every=1, checkpoint_every=1000)
     child = multiprocessing.get_context("fork").Process(target=_worker, args=(playlist, folder, options))
     child.start()
-    _wait_for(lambda: (_status_of(folder, child.pid) or {}).get("step", 0) >= 3)
+    wait_for(lambda: (status_of(folder, child.pid) or {}).get("step", 0) >= 3)
     os.kill(child.pid, signal.SIGTERM)
     child.join(60)
     assert child.exitcode == 0
@@ -190,44 +172,17 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_0(tmp_path):
     assert final["step"] >= 3 and (folder / "state" / f"checkpoint-{final['step']:010d}.pt").exists()
 
 
-def _check_files_whole(folder):
-    """Every file a reader could open is complete: PNGs decode, JSON parses, checkpoints load."""
-    for png in [folder / "current.png", *(folder / "frames").glob("*.png")]:
-        if png.exists():
-            with Image.open(png) as image:
-                image.load()
-    if (folder / "status.json").exists():
-        json.loads((folder / "status.json").read_text())
-    for checkpoint in (folder / "state").glob("checkpoint-*.pt"):
-        torch.load(checkpoint, weights_only=True)
-
-
 def test_kill_9_at_random_points_always_resumes(tmp_path):
-    """Ten SIGKILLs at random moments (frames and checkpoints are written on every few steps, so many land
-    mid-write): every restart resumes from the newest checkpoint, no file is ever torn, and at most one
-    checkpoint interval of steps is lost."""
+    """Ten SIGKILLs at random moments of a forked worker (frames, status and checkpoints are written every
+    few steps, so kills land mid-write): see :func:`live_helpers.kill_and_resume`."""
     playlist, folder = write_playlist(tmp_path / "p.yaml"), tmp_path / "out"
-    every = 4
-    options = fast_options(frame_every=1, numbered_every=1, keep_frames=5, checkpoint_every=every)
-    rng = random.Random(14)
+    options = fast_options(frame_every=1, numbered_every=1, keep_frames=5, checkpoint_every=4)
     context = multiprocessing.get_context("fork")
-    last_seen, resumed_at = 0, []
-    for kill in range(10):
-        checkpoints = sorted((folder / "state").glob("checkpoint-*.pt")) if folder.exists() else []
-        expected = int(checkpoints[-1].stem.split("-")[1]) if checkpoints else None
+
+    def spawn():
         child = context.Process(target=_worker, args=(playlist, folder, options))
         child.start()
-        first = _wait_for(lambda: _status_of(folder, child.pid))
-        assert not list(folder.glob(".*.tmp")) and not list((folder / "frames").glob(".*.tmp"))
-        if expected is not None:
-            resumed = [line for line in (folder / "live.log").read_text().splitlines() if "resumed from" in line]
-            assert resumed[-1].endswith(f"resumed from checkpoint-{expected:010d}.pt at step {expected}")
-            assert first["step"] >= expected
-            assert last_seen - expected <= every, (last_seen, expected)  # progress lost: one interval at most
-            resumed_at.append(expected)
-        time.sleep(rng.uniform(0.05, 1.0))
-        os.kill(child.pid, signal.SIGKILL)
-        child.join(30)
-        last_seen = json.loads((folder / "status.json").read_text())["step"]
-        _check_files_whole(folder)
-    assert len(resumed_at) == 9 and resumed_at == sorted(resumed_at) and resumed_at[-1] > 0
+        return child.pid, lambda: child.join(30)
+
+    resumed = kill_and_resume(spawn, folder, every=4, kills=10, rng=random.Random(14))
+    assert len(resumed) == 9 and resumed[-1] > 0

@@ -49,8 +49,14 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until stopped (exit 0) or the worker finishes its playlist (its exit code)."""
-        signal.signal(signal.SIGTERM, self._request_stop)
-        signal.signal(signal.SIGINT, self._request_stop)
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._supervise()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _supervise(self) -> int:
         notify("READY=1")
         backoff = 1.0
         while not self.stopping:
