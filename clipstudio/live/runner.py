@@ -297,8 +297,8 @@ class LiveRunner:
                  "step": self.total, "run_seconds": self.run_seconds, "saved": utc_now()}
         try:
             self.checkpoints.save(state, self.total)
-        except (OSError, ClipstudioError) as err:
-            self._error(f"cannot write a checkpoint: {err}")
+        except Exception as err:  # a full disk (torch.save raises RuntimeError there): the last one stays
+            self._error(f"cannot write a checkpoint: {one_line(err)}")
 
     def _recover(self, reason: str) -> None:
         """A bad step: back to the last checkpoint with a smaller lr; too many on one prompt skip it."""

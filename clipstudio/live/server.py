@@ -116,6 +116,12 @@ class LiveServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), LiveHandler)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up or sends garbage is one log line, not a traceback."""
+        import sys
+
+        LOG.info("request from %s failed: %s", client_address[0], sys.exc_info()[1])
+
 
 class LiveHandler(BaseHTTPRequestHandler):
     server: LiveServer
