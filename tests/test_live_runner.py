@@ -135,7 +135,7 @@ def test_queued_prompt_plays_next_then_the_playlist_goes_on(tmp_path):
     runner = started_runner(tmp_path)
     runner.queue.push("a blue triangle", 2)
     played = []
-    for _ in range(14):
+    for _ in range(13):  # 6 red, 2 queued, then green (an item switches on its last step)
         runner.step()
         played.append(runner.position.item.prompt)
     order = [p for i, p in enumerate(played) if i == 0 or played[i - 1] != p]
