@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-COMMANDS = ("generate", "recipe", "animate", "rank", "batch", "bench", "models", "weights", "diffuse", "compare",
-            "train", "eval", "demo")
+COMMANDS = ("generate", "recipe", "animate", "rank", "batch", "live", "bench", "models", "weights", "diffuse",
+            "compare", "train", "eval", "demo")
 
 
 def command_modules():
