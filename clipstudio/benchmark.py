@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .config import GenerateConfig
+from .devices import autocast, resolve_device
 from .generators.base import clamp_with_grad
 from .guide.cutouts import CLASSIC_AUGMENTS
 from .studio import Studio, validate_config
@@ -166,7 +167,7 @@ def describe(config: GenerateConfig) -> dict[str, Any]:
     return {"generator": config.generator, "generator_options": dict(config.generator_options),
             "clip": list(config.clip), "size": [config.width, config.height], "cutn": config.cutn,
             "cut_mode": config.cut_mode, "augments": list(config.augments), "dtype": config.dtype,
-            "channels_last": config.channels_last, "device": config.device, "threads": torch.get_num_threads()}
+            "channels_last": config.channels_last, "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()}
 
 
 def floor_jobs(studio: Studio) -> dict[str, Callable[[], None]]:
@@ -176,12 +177,12 @@ def floor_jobs(studio: Studio) -> dict[str, Callable[[], None]]:
               for g in studio.guides]
 
     def clip_pass() -> None:
-        with studio.autocast():
+        with autocast(studio.device, studio.config.dtype):
             total = sum(guide.encode_image(x).float().sum() for guide, x in zip(studio.guides, inputs))
         total.backward()
 
     def generator_pass() -> None:
-        with studio.autocast():
+        with autocast(studio.device, studio.config.dtype):
             image = studio.generator().float()
         image.backward(torch.ones_like(image))
         studio.optimizer.zero_grad(set_to_none=True)

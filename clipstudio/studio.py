@@ -300,7 +300,8 @@ class Studio:
         self.optimizer.zero_grad(set_to_none=True)
         total, terms = self._objective()
         total, terms = total[0], {name: value[0] for name, value in terms.items()}
-        total.backward()  # also when not finite: the step is then skipped, and a skip is rare
+        if total.requires_grad:  # also when not finite (no sync to ask): the step is then skipped, and a skip is rare
+            total.backward()
         host_terms, host_total, reason = self._check_finite(total, terms)
         info = StepInfo(self.step_index, host_terms, host_total)
         if reason:
@@ -361,9 +362,8 @@ class Studio:
             raise ClipstudioError("the checkpoint was made with other settings; refusing to resume from it")
         step, skipped, history, rng = state["step"], state["skipped"], state["history"], state["rng"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, skipped)) \
-                or not 0 <= skipped <= step <= self.config.steps:
-            raise ClipstudioError(f"the checkpoint's step counts are impossible (step {step!r}, skipped "
-                                  f"{skipped!r}, of {self.config.steps} steps)")
+                or not 0 <= skipped <= step:  # an animation runs more steps than config.steps
+            raise ClipstudioError(f"the checkpoint's step counts are impossible (step {step!r}, skipped {skipped!r})")
         if not isinstance(history, list) or not all(isinstance(v, float) for v in history):
             raise ClipstudioError("the checkpoint's loss history is not a list of numbers")
         generator_before = copy.deepcopy(self.generator.state_dict())

@@ -315,7 +315,7 @@ def _run_state(tmp_path, tiny_clip, capsys) -> tuple[Path, list]:
     (lambda s: s.update(rng=torch.zeros(3, dtype=torch.uint8)), "RNG state is unusable"),
     (lambda s: s.update(rng="not a tensor"), "RNG state is not a CPU RNG state"),
     (lambda s: s.update(step=-5), "step counts are impossible"),
-    (lambda s: s.update(step=10**9), "step counts are impossible"),
+    (lambda s: s.update(skipped=10**9), "step counts are impossible"),
     (lambda s: s.update(history=["x"]), "loss history"),
     (lambda s: s["generator"].clear(), "does not fit this run"),
 ])
