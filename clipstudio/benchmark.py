@@ -320,12 +320,15 @@ class PlainClassicLoop:
 
 # --- the diffusion backend -------------------------------------------------------------------------------
 
-def bench_diffuse(model: str = "shapes-diffusion", steps: int = 20, n: int = 1, repeat: int = 3, warmup: int = 1,
+def bench_diffuse(model: str | None = None, steps: int = 20, n: int = 1, repeat: int = 3, warmup: int = 1,
                   device: str = "cpu", clock: str = "auto", prompt: str = DEFAULT_PROMPT) -> BenchResult:
     """Seconds per sampler step of the CFG loop (one ``cfg_sample`` of ``steps`` steps, divided), against the
     floor: one batched UNet call on the conditional and unconditional halves."""
     from .diffusion.backend import cfg_sample, encode_prompts, load_embedded_backend, make_scheduler
 
+    from .embedded import world_default
+
+    model = model or world_default("diffusion")
     backend = load_embedded_backend(model, device=device)
     unet = backend.unet
     dev, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype

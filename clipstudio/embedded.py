@@ -40,6 +40,8 @@ class World:
     folder: Path
     about: str
     default_recipe: str | None
+    default_clip: str | None
+    default_diffusion: str | None
     model_configs: Path | None
     recipes: Path | None
     models: tuple[EmbeddedModel, ...]
@@ -79,11 +81,13 @@ def _read_world(folder: Path) -> World:
             card = folder / entry["card"] if isinstance(entry.get("card"), str) else None
             models.append(EmbeddedModel(name, kind, data["name"], folder / entry["checkpoint"], card,
                                         loader, str(entry.get("about", ""))))
-    default_recipe = data.get("default_recipe")
-    if default_recipe is not None and not isinstance(default_recipe, str):
-        raise ClipstudioError(f"{path}: 'default_recipe' must be a recipe name")
-    return World(data["name"], folder, str(data.get("about", "")), default_recipe,
-                 sub("model_configs"), sub("recipes"), tuple(models))
+    defaults = {}
+    for what in ("recipe", "clip", "diffusion"):
+        defaults[what] = data.get(f"default_{what}")
+        if defaults[what] is not None and not isinstance(defaults[what], str):
+            raise ClipstudioError(f"{path}: 'default_{what}' must be a name")
+    return World(data["name"], folder, str(data.get("about", "")), defaults["recipe"], defaults["clip"],
+                 defaults["diffusion"], sub("model_configs"), sub("recipes"), tuple(models))
 
 
 @functools.cache
@@ -126,3 +130,13 @@ def model_config_dirs() -> list[Path]:
 def recipe_dirs() -> list[Path]:
     """Folders of recipes that worlds ship."""
     return [w.recipes for w in worlds().values() if w.recipes and w.recipes.is_dir()]
+
+
+def world_default(what: str) -> str:
+    """What the first world that names one gives as its ``default_recipe``, ``default_clip`` or
+    ``default_diffusion``: the offline defaults of commands, batches and live mode, as data rather than code."""
+    for world in worlds().values():
+        value = getattr(world, f"default_{what}", None)
+        if value:
+            return value
+    raise ClipstudioError(f"no world names a default {what}; name one (see 'clipstudio models')")

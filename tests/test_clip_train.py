@@ -12,7 +12,7 @@ import torch
 from clipstudio.cli import main as cli_main
 from clipstudio.errors import ClipstudioError
 from clipstudio.guide.clip import ClipGuide, create_clip_model, load_clip
-from clipstudio.train import clip_train as ct
+from clipstudio.worlds.shapes import train_clip as ct
 
 TINY = "test-shapes-tiny"
 TINY_CFG = {

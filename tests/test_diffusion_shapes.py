@@ -11,7 +11,7 @@ pytest.importorskip("open_clip")
 
 from clipstudio.worlds.shapes import diffusion_model as SM  # noqa: E402
 from clipstudio.errors import ClipstudioError  # noqa: E402
-from clipstudio.train import diffusion_train as DT  # noqa: E402
+from clipstudio.worlds.shapes import train_diffusion as DT  # noqa: E402
 from clipstudio.cli import main as cli_main  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import torch
 
 import clipstudio
 from clipstudio.guide.clip import load_clip
-from clipstudio.train.clip_train import MODEL_CONFIG_DIR, TARGETS
+from clipstudio.worlds.shapes.train_clip import MODEL_CONFIG_DIR, TARGETS
 from clipstudio.worlds.shapes.zeroshot import evaluate_model
 
 ASSETS = Path(clipstudio.__file__).parent / "worlds" / "shapes" / "assets"

@@ -181,6 +181,7 @@ def test_batch_runs_retries_fails_and_skips_on_rerun(executor, tiny_generate, tm
     assert {p: p.stat().st_mtime_ns for p in _pngs(tmp_path)} == mtimes
 
 
+@pytest.mark.slow  # spawns fresh workers (each imports torch); the rerun test above covers skipping
 def test_a_restarted_driver_finishes_only_what_is_missing(executor, tiny_generate, tmp_path):
     job_file = _tiny_file(tiny_generate, seeds=(0, 1, 2), failing=False)
 
@@ -200,6 +201,7 @@ def test_a_restarted_driver_finishes_only_what_is_missing(executor, tiny_generat
     assert sorted(done) == sorted(j.key for j in job_file.jobs)  # each job done exactly once
 
 
+@pytest.mark.slow  # spawns fresh workers (each imports torch); the rerun test above covers skipping
 def test_a_killed_worker_job_runs_again(executor, tiny_generate, tmp_path):
     job_file = _tiny_file(tiny_generate, seeds=(0, 1, 2), failing=False)
     killed = []

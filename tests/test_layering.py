@@ -19,7 +19,6 @@ LAYERS = {
     "studio": 3, "ranking": 3, "animation": 3,
     "api": 4, "__init__": 4, "benchmark": 4,
     "worlds": 5, "demos": 5, "evaluation": 5, "farm": 5, "live": 5,
-    "train": 6,
     "commands": 7,
     "cli": 8,
 }

@@ -111,8 +111,8 @@ def _import_everything() -> None:
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo
     for name in ("open_clip", "kornia", "diffusers", "clipstudio.studio", "clipstudio.ranking",
-                 "clipstudio.diffusion.backend", "clipstudio.demos.spiral", "clipstudio.train.clip_train",
-                 "clipstudio.train.diffusion_train", "clipstudio.worlds.shapes.compare",
+                 "clipstudio.diffusion.backend", "clipstudio.demos.spiral", "clipstudio.worlds.shapes.train_clip",
+                 "clipstudio.worlds.shapes.train_diffusion", "clipstudio.worlds.shapes.compare",
                  "clipstudio.worlds.shapes.adherence", "clipstudio.worlds.shapes.zeroshot",
                  "clipstudio.worlds.shapes.diffusion_model", "clipstudio.generators.primitives",
                  "clipstudio.generators.pixels", "clipstudio.generators.latent", "clipstudio.generators.vqgan",

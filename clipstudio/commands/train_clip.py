@@ -1,5 +1,5 @@
 """``clipstudio train clip``: contrastive training of a shapes-world CLIP model, rendered batches on the fly.
-Options and defaults come from :class:`clipstudio.train.clip_train.ClipTrainConfig`."""
+Options and defaults come from :class:`clipstudio.worlds.shapes.train_clip.ClipTrainConfig`."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +23,7 @@ HELPS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..train.clip_train import ClipTrainConfig
+    from ..worlds.shapes.train_clip import ClipTrainConfig
 
     parser = sub.add_parser("clip", help="train a shapes-world CLIP model (shapes-guide, shapes-eval)",
                             description=__doc__.splitlines()[0])
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, then print the run's summary (without the loss history) as one JSON line."""
-    from ..train.clip_train import ClipTrainConfig, train
+    from ..worlds.shapes.train_clip import ClipTrainConfig, train
 
     config = ClipTrainConfig(**typed_settings(args, ClipTrainConfig)).validate()
     apply_threads(args.threads)

@@ -1,5 +1,5 @@
 """``clipstudio train diffusion``: train (or resume) the shapes world's text-to-image diffusion model. Every
-option derives from :class:`clipstudio.train.diffusion_train.DiffusionTrainConfig`, where its default lives."""
+option derives from :class:`clipstudio.worlds.shapes.train_diffusion.DiffusionTrainConfig`, where its default lives."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +26,7 @@ HELPS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..train.diffusion_train import SPACES, TRAIN_OPTIONAL_TYPES, DiffusionTrainConfig
+    from ..worlds.shapes.train_diffusion import SPACES, TRAIN_OPTIONAL_TYPES, DiffusionTrainConfig
 
     parser = sub.add_parser("diffusion", help="train the shapes world's CFG diffusion model",
                             description="Train (or resume) the shapes world's text-to-image diffusion model.")
@@ -50,7 +50,7 @@ def command_line(settings: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.diffusion_train import DiffusionTrainConfig, train
+    from ..worlds.shapes.train_diffusion import DiffusionTrainConfig, train
 
     apply_threads(args.threads)
     config = DiffusionTrainConfig(**typed_settings(args, DiffusionTrainConfig)).validate()

@@ -16,12 +16,14 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from .._version import __version__
+from ..embedded import world_default
 from ..errors import ClipstudioError
 from ..images import SETTINGS_KEY
 
-DEFAULT_RECIPE = "shapes"  # what `clipstudio generate PROMPT` runs offline: the shapes world's default
-DEFAULT_DIFFUSION_MODEL = "shapes-diffusion"
-DEFAULT_SCORE_CLIP = "shapes-guide"  # scores jobs when the file names no rank clip and no generate job does
+# The offline defaults come from the worlds' data (world.json), as for `clipstudio generate PROMPT`.
+DEFAULT_RECIPE = world_default("recipe")
+DEFAULT_DIFFUSION_MODEL = world_default("diffusion")
+DEFAULT_SCORE_CLIP = world_default("clip")  # scores jobs when the file names no rank clip and no generate job does
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,13 @@ from typing import Any
 
 import yaml
 
+from ..embedded import world_default
 from ..config import GenerateConfig
 from ..errors import ClipstudioError
 from ..guide.prompts import Prompt, parse_prompts
 from ..recipes import recipe_settings
 
-DEFAULT_RECIPE = "shapes"  # the shapes world's default: works offline on a CPU
+DEFAULT_RECIPE = world_default("recipe")  # a world's offline default (world.json): works on a CPU
 DEFAULT_STEPS = 200
 DEFAULT_TRANSITION = 50
 MAX_PROMPT_CHARS = 300

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from ..checkpoints import load_checkpoint
 from ..images import atomic_torch_save, atomic_write, save_png
 
 CURRENT = "current.png"
@@ -105,7 +106,7 @@ class CheckpointStore:
         ``.corrupt``) and logged. None when there is none."""
         for path in self.paths():
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_checkpoint(path)  # weights-only; a pickle of anything else is refused
                 restore(state)
                 return path
             except Exception as err:  # a torn, corrupt or foreign file: fall back to the one before

@@ -30,17 +30,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import load_checkpoint
-from ..config import MAX_LR, MAX_WEIGHT, SEED_MAX, check_numbers
-from ..errors import ClipstudioError
-from ..guide.clip import ClipGuide, create_clip_model
-from ..images import atomic_torch_save, atomic_write
-from ..schedules import lr_factor
-from ..worlds.shapes.captions import random_caption
-from ..worlds.shapes.render import COLOURS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch, sample_scene
-from ..worlds.shapes.zeroshot import evaluate_model
+from ...checkpoints import load_checkpoint
+from ...config import MAX_LR, MAX_WEIGHT, SEED_MAX, check_numbers
+from ...errors import ClipstudioError
+from ...guide.clip import ClipGuide, create_clip_model
+from ...images import atomic_torch_save, atomic_write
+from ...schedules import lr_factor
+from .captions import random_caption
+from .render import COLOURS, POSITIONS, SHAPES, SIZE_BANDS, Scene, render_batch, sample_scene
+from .zeroshot import evaluate_model
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "worlds" / "shapes" / "model_configs"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 # Relative frequency of the grammar forms in training batches.  Two-object scenes get
 # extra weight: binding colours/shapes to the right side of a relation is the hardest part.
 FORM_WEIGHTS: dict[str, float] = {"plain": 0.16, "sized": 0.2, "positioned": 0.2, "left_of": 0.22, "above": 0.22}
