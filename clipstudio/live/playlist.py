@@ -8,7 +8,8 @@ Smallest form::
       - "a green square"                    # the playlist's default steps
 
 Everything else is optional: ``recipe`` (default ``shapes``) and ``settings`` (on top of the recipe) for all
-items or one, ``steps`` and ``transition`` defaults, and ``loop`` (``true``/``forever``, or a number of passes).
+items or one, ``steps`` and ``transition`` defaults, ``search`` (``false`` keeps an item from searching the
+generator's discrete choices when it starts; default true), and ``loop`` (``true``/``forever``, or a number of passes).
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ DEFAULT_STEPS = 200
 DEFAULT_TRANSITION = 50
 MAX_PROMPT_CHARS = 300
 MAX_ITEM_STEPS = 10_000_000
-TOP_KEYS = {"prompts", "recipe", "settings", "steps", "transition", "loop"}
-ITEM_KEYS = {"prompt", "recipe", "settings", "steps", "transition"}
+TOP_KEYS = {"prompts", "recipe", "settings", "steps", "transition", "search", "loop"}
+ITEM_KEYS = {"prompt", "recipe", "settings", "steps", "transition", "search"}
 # A live run has no end, so its lr does not decay unless a recipe or the playlist asks for a schedule.
 LIVE_DEFAULTS = {"schedule": "constant"}
 
@@ -42,12 +43,15 @@ LIVE_DEFAULTS = {"schedule": "constant"}
 @dataclass(frozen=True)
 class Item:
     """One entry of a playlist: a prompt, how many steps it plays, how many of them blend from the
-    previous prompts, and the full settings (recipe and overrides resolved, prompt left out)."""
+    previous prompts, the full settings (recipe and overrides resolved, prompt left out), and whether the
+    run searches the generator's discrete choices for it once it has reached its prompt (when the settings
+    have ``search`` sweeps)."""
 
     prompt: str
     steps: int
     transition: int
     settings: dict[str, Any] = field(default_factory=dict, compare=True, hash=False)
+    search: bool = True
 
     def prompts(self) -> list[Prompt]:
         return parse_prompts(self.prompt)
@@ -59,11 +63,13 @@ class Item:
         return GenerateConfig.from_dict(settings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "steps": self.steps, "transition": self.transition, "settings": self.settings}
+        return {"prompt": self.prompt, "steps": self.steps, "transition": self.transition, "settings": self.settings,
+                "search": self.search}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Item:
-        return cls(str(data["prompt"]), int(data["steps"]), int(data["transition"]), dict(data["settings"]))
+        return cls(str(data["prompt"]), int(data["steps"]), int(data["transition"]), dict(data["settings"]),
+                   bool(data.get("search", True)))
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,14 @@ class Playlist:
     default_steps: int
     default_transition: int
     default_settings: dict[str, Any]
+    default_search: bool = True
 
     def queued_item(self, prompt: str, steps: int | None = None) -> Item:
         """An item for a prompt queued from the web page: the playlist's recipe, settings and defaults."""
         check_prompt(prompt)
         steps = steps or self.default_steps
-        return Item(prompt, steps, min(self.default_transition, steps), dict(self.default_settings))
+        return Item(prompt, steps, min(self.default_transition, steps), dict(self.default_settings),
+                    self.default_search)
 
 
 def check_prompt(text: Any, limit: int = MAX_PROMPT_CHARS) -> str:
@@ -98,6 +106,12 @@ def check_prompt(text: Any, limit: int = MAX_PROMPT_CHARS) -> str:
 def _count(value: Any, what: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_ITEM_STEPS:
         raise ClipstudioError(f"{what} must be a whole number from {low} to {MAX_ITEM_STEPS}, got {value!r}")
+    return value
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ClipstudioError(f"{what} must be true or false, got {value!r}")
     return value
 
 
@@ -153,7 +167,8 @@ def _item(raw: Any, index: int, defaults: dict[str, Any]) -> Item:
         raise ClipstudioError(f"{where}: {err}") from None
     steps = _count(raw.get("steps", defaults["steps"]), f"{where}: steps", 1)
     transition = _count(raw.get("transition", defaults["transition"]), f"{where}: transition", 0)
-    return Item(prompt, steps, min(transition, steps), settings)
+    search = _flag(raw.get("search", defaults["search"]), f"{where}: search")
+    return Item(prompt, steps, min(transition, steps), settings, search)
 
 
 def parse_playlist(data: Any) -> Playlist:
@@ -168,13 +183,15 @@ def parse_playlist(data: Any) -> Playlist:
         raise ClipstudioError("'prompts' must be a non-empty list")
     defaults = {"recipe": data.get("recipe", DEFAULT_RECIPE), "settings": data.get("settings") or {},
                 "steps": _count(data.get("steps", DEFAULT_STEPS), "steps", 1),
-                "transition": _count(data.get("transition", DEFAULT_TRANSITION), "transition", 0)}
+                "transition": _count(data.get("transition", DEFAULT_TRANSITION), "transition", 0),
+                "search": _flag(data.get("search", True), "search")}
     if not isinstance(defaults["settings"], dict):
         raise ClipstudioError("settings must be a mapping of setting: value")
     items = tuple(_item(raw, index, defaults) for index, raw in enumerate(prompts))
     default_settings = _settings(defaults["recipe"], defaults["settings"], "playlist")
     default_settings.pop("prompt", None)
-    return Playlist(items, _loop(data.get("loop", True)), defaults["steps"], defaults["transition"], default_settings)
+    return Playlist(items, _loop(data.get("loop", True)), defaults["steps"], defaults["transition"], default_settings,
+                    defaults["search"])
 
 
 def load_playlist(path: str | os.PathLike) -> Playlist:

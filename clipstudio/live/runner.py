@@ -73,17 +73,19 @@ class Position:
     previous: list[Prompt] = field(default_factory=list)
     queued: bool = False
     lr_scale: float = 1.0
+    searched: bool = False  # the item's search (once it reached its prompt) is done or not due
 
     def to_dict(self) -> dict[str, Any]:
         return {"item": self.item.to_dict(), "index": self.index, "passes": self.passes, "item_step": self.item_step,
                 "previous": [[p.text, p.weight, p.stop, p.is_image] for p in self.previous],
-                "queued": self.queued, "lr_scale": self.lr_scale}
+                "queued": self.queued, "lr_scale": self.lr_scale, "searched": self.searched}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Position:
         previous = [Prompt(str(t), float(w), float(s), bool(i)) for t, w, s, i in data["previous"]]
         return cls(Item.from_dict(data["item"]), int(data["index"]), int(data["passes"]), int(data["item_step"]),
-                   previous, bool(data["queued"]), float(data["lr_scale"]))
+                   previous, bool(data["queued"]), float(data["lr_scale"]),
+                   bool(data.get("searched", int(data["item_step"]) > 0)))  # older states: searched if begun
 
 
 def same_model(a: GenerateConfig, b: GenerateConfig) -> bool:
@@ -159,7 +161,9 @@ class LiveRunner:
     def _build(self, item: Item, lr_scale: float = 1.0) -> Studio:
         self._beat(force=True)
         self.applied = None
-        return Studio(item.config(lr_scale))
+        studio = Studio(item.config(lr_scale))
+        studio.searched = True  # the runner searches once per item (see _search_due), not the studio at step 0
+        return studio
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint's run state (used by :meth:`CheckpointStore.load`); raises if it is not one."""
@@ -174,6 +178,7 @@ class LiveRunner:
             self._beat(force=True)
             studio = Studio(config)
         studio.load_state_dict(state["studio"])
+        studio.searched = True  # the position says whether the item's search is still due
         self.studio, self.position, self.applied = studio, position, None
         self.total, self.run_seconds = int(state["step"]), float(state.get("run_seconds", 0.0))
 
@@ -206,7 +211,7 @@ class LiveRunner:
         """The next item: a queued prompt first, else the playlist's next; the last pass ends the run."""
         playlist, position = self.playlist, self.position
         if playlist is None:  # started from a checkpoint with a bad playlist: play the item again
-            position.item_step = 0
+            position.item_step, position.searched = 0, False
             return
         entry = self.queue.pop()
         if entry is not None:
@@ -244,6 +249,7 @@ class LiveRunner:
             self.applied = prompts
         began = time.monotonic()
         try:
+            self._search_if_due()
             info = self.studio.step()
             reason = info.reason if info.skipped else ""
         except Exception as err:  # a step error must not end an installation: recover and carry on
@@ -261,6 +267,27 @@ class LiveRunner:
             self.failures.pop(self.position.item.prompt, None)
             self._advance()
         self._after_step()
+
+    def _search_if_due(self) -> None:
+        """Search the generator's discrete choices (colours, shapes, places) once per item, on the step its
+        transition ends (or its first, with none): gradient steps alone rarely move such choices to a new
+        prompt. The search's first start is the current image, so it only jumps to something better. Done
+        before the step, so a checkpoint lies either before it (a resumed run searches the same way, with the
+        same RNG) or after it (``searched`` is saved: never twice)."""
+        position = self.position
+        if position.searched or (position.previous and position.item_step < position.item.transition):
+            return
+        position.searched = True
+        config = self.studio.config
+        if not (position.item.search and config.search):
+            return
+        self._beat(force=True)
+        began = time.monotonic()
+        loss = self.studio.search(config.search, config.search_restarts)
+        if math.isfinite(loss):  # inf: the generator has no choices
+            self.log.info("step %d: searched the choices for '%s' (loss %.4g, %.1f s)", self.total,
+                          position.item.prompt, loss, time.monotonic() - began)
+        self._beat(force=True)
 
     def _after_step(self) -> None:
         o, total = self.options, self.total
@@ -307,7 +334,8 @@ class LiveRunner:
         self._error(f"step {self.total}: {reason}", log=False)
         restored = self.checkpoints.load(self._restore)
         if restored is None:  # nothing to go back to: start the item afresh
-            self.studio, self.position = self._build(failing.item), dataclasses.replace(failing, item_step=0)
+            self.studio = self._build(failing.item)
+            self.position = dataclasses.replace(failing, item_step=0, searched=False)
         if count >= self.options.max_failures:
             self.log.warning("step %d: %s; %d failures on '%s': skipping to the next prompt",
                              self.total, reason, count, failing.item.prompt)
