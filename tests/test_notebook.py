@@ -39,6 +39,7 @@ def test_committed_notebook_is_clean():
             assert not cell.outputs and cell.execution_count is None, "commit the notebook without outputs"
 
 
+@pytest.mark.slow  # about 3 minutes of CPU; CI runs it after the fast suite (README's test command)
 def test_quickstart_runs_offline_on_cpu(tmp_path, monkeypatch):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     _inject(nb, CI_PARAMETERS)
