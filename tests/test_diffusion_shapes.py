@@ -110,6 +110,49 @@ def test_load_backend_and_generate(tiny_run):
     assert r["n"] == 5 and r["rate"] == sum(check_image(im, p).passed for im, p in zip(images, prompts)) / 5
 
 
+def test_flow_objective_warm_starts_resumes_and_samples_with_flow_euler(tiny_run, tmp_path):
+    """--objective flow --init-from: the init UNet's weights and text tower, a flow model that loads with
+    flow-euler as its default sampler, rejects DDIM, and resumes exactly."""
+    d, init, _ = tiny_run
+    args = ["--space", "pixel", "--objective", "flow", "--init-from", init, "--steps", "4", "--batch", "4",
+            "--no-progress"]
+    out, state = str(tmp_path / "f.pt"), str(tmp_path / "f.state")
+    train_cli(args + ["--stop-after", "2", "--out", out, "--state", state])
+    train_cli(args + ["--resume", "--out", out, "--state", state])
+    straight = str(tmp_path / "s.state")
+    train_cli(args + ["--out", str(tmp_path / "s.pt"), "--state", straight])
+    a, b = torch.load(state, weights_only=True), torch.load(straight, weights_only=True)
+    for k in a["unet"]:
+        torch.testing.assert_close(a["unet"][k], b["unet"][k], atol=1e-5, rtol=1e-4)
+    ck, start = torch.load(out, weights_only=True), torch.load(init, weights_only=True)
+    assert ck["prediction"] == "flow" and ck["default_sampler"] == "flow-euler"
+    assert torch.equal(ck["text_tower"]["token_rows"], start["text_tower"]["token_rows"])
+    assert "warm start from" in json.loads(open(out[:-3] + ".json").read())["config"]["history"][0]
+    be = SM.load_shapes_backend(out)
+    assert be.prediction == "flow" and be.default_sampler == "flow-euler" and be.samplers() == ["flow-euler"]
+    img = be.generate("a red circle on a blue background", steps=3, seed=0)
+    assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+    with pytest.raises(ClipstudioError, match="for epsilon models"):
+        be.generate("a red circle", steps=2, sampler="ddim")
+    r = SM.evaluate(be, prompts=2, sweep=[], negative_seeds=0, steps_sweep=[1, 2], log=lambda _: None)
+    assert r["sampler"] == "flow-euler" and set(r["steps_sweep"]) == {1, 2}
+    assert all(0 <= v["rate"] <= 1 and v["seconds_per_image"] > 0 for v in r["steps_sweep"].values())
+
+
+def test_flow_training_pair_is_the_straight_path():
+    """noised_pair('flow'): x_s = (1 - s) x0 + s noise with target noise - x0, and t = 1000 s."""
+    from diffusers import DDPMScheduler
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    x0 = torch.randn(6, 3, 4, 4)
+    xt, t, target, w = DT.noised_pair("flow", x0, torch.Generator().manual_seed(1), sched, torch.ones(1000))
+    g = torch.Generator().manual_seed(1)
+    noise, s = torch.randn(x0.shape, generator=g), torch.rand(6, generator=g)
+    torch.testing.assert_close(xt, (1 - s)[:, None, None, None] * x0 + s[:, None, None, None] * noise)
+    torch.testing.assert_close(target, noise - x0)
+    torch.testing.assert_close(t, s * 1000)
+    assert torch.equal(w, torch.ones(6))
+
+
 def test_bad_checkpoints_and_arguments(tmp_path, monkeypatch):
     with pytest.raises(ClipstudioError, match="missing diffusion checkpoint"):
         SM.load_shapes_backend(tmp_path / "none.pt")
@@ -128,6 +171,10 @@ def test_bad_checkpoints_and_arguments(tmp_path, monkeypatch):
     assert not (tmp_path / "x.pt").exists()
     with pytest.raises(ClipstudioError, match="dataset"):
         train_cli(["--dataset", "0", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(ClipstudioError, match="unknown --objective 'ode'"):
+        train_cli(["--objective", "ode", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(ClipstudioError, match="not-there.pt"):
+        train_cli(["--space", "pixel", "--init-from", str(tmp_path / "not-there.pt"), "--out", str(tmp_path / "x.pt")])
     monkeypatch.setenv("CLIPSTUDIO_OFFLINE", "1")
     monkeypatch.setenv("CLIPSTUDIO_HOME", str(tmp_path / "home"))
     with pytest.raises(ClipstudioError, match="not found offline: put taef2_encoder.pth"):

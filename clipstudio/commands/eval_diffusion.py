@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--sweep", default="1,2,4,8", help="guidance weights for the sweep ('': skip)")
     parser.add_argument("--sweep-prompts", type=int, default=50)
     parser.add_argument("--negative-seeds", type=int, default=64, help="images per arm of the negative test (0: skip)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    parser.add_argument("--sampler", default=None, help="a sampler fitting the model (default: the model's)")
+    parser.add_argument("--steps-sweep", default="",
+                        help="step counts, e.g. 5,10,25,50: pass rate and seconds per image on the --prompts set")
     parser.add_argument("--guidance", type=float, default=None, help="CFG weight of the pass rate (default: the model's)")
     parser.add_argument("--guidance-rescale", type=float, default=None,
                         help="phi of Lin et al.'s guidance rescale for the pass rate and the sweep (default: the model's)")
@@ -47,13 +50,19 @@ def validate(args: argparse.Namespace) -> list[float]:
     for name in ("prompts", "sweep_prompts", "negative_seeds"):
         if getattr(args, name) < 0:
             raise ClipstudioError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ClipstudioError(f"--steps must be a positive integer, got {args.steps}")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         raise ClipstudioError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     if args.guidance_rescale is not None and not 0 <= args.guidance_rescale <= 1:
         raise ClipstudioError(f"--guidance-rescale must be in [0, 1], got {args.guidance_rescale}")
     sweep = parse_sweep(args.sweep)
+    try:
+        args.steps_sweep = [int(v) for v in args.steps_sweep.split(",") if v.strip()]
+    except ValueError:
+        raise ClipstudioError(f"--steps-sweep takes step counts separated by commas, got '{args.steps_sweep}'") from None
+    if any(v < 1 for v in args.steps_sweep) or (args.steps_sweep and args.prompts < 1):
+        raise ClipstudioError("--steps-sweep needs positive step counts and --prompts of 1 or more")
     if sweep and args.sweep_prompts < 1:
         raise ClipstudioError("--sweep needs --sweep-prompts of 1 or more")
     return sweep
@@ -76,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         backend = load_embedded_backend(args.model, device=device)
     figures = evaluate(backend, prompts=args.prompts, sweep=sweep, sweep_prompts=args.sweep_prompts,
                        negative_seeds=args.negative_seeds, steps=args.steps, guidance=args.guidance,
-                       guidance_rescale=args.guidance_rescale)
+                       guidance_rescale=args.guidance_rescale, sampler=args.sampler, steps_sweep=args.steps_sweep)
     figures = {"model": args.checkpoint or args.model, **figures}
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(figures, indent=2).encode()))

@@ -167,7 +167,7 @@ def train_spiral(steps: int = 1500, batch: int = 512, lr: float = 2e-3, seed: in
             s = torch.rand(batch, generator=g)
             xt = S.flow_interpolate(x0, s, noise)
             t = s * NUM_TRAIN_TIMESTEPS
-            target = noise - x0
+            target = S.flow_velocity(x0, noise)
         loss = (model(xt, t, cls) - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -124,6 +124,11 @@ def flow_interpolate(x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor) -> 
     return (1 - s) * x0 + s * noise
 
 
+def flow_velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Target velocity d x_s / ds = noise - x_0 of the straight path (Liu et al. 2022, eq. 1)."""
+    return noise - x0
+
+
 def shift_flow_sigmas(s: torch.Tensor, shift: float) -> torch.Tensor:
     """Timestep shift s' = shift*s / (1 + (shift-1)*s) of SD3 (Esser et al. 2024) for flow samplers."""
     return shift * s / (1 + (shift - 1) * s)

@@ -59,6 +59,11 @@ LATENT_SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "scaled
                            "clip_sample": False}
 
 
+def flow_scheduler_config() -> dict:
+    """The time axis of a flow-matching model: s in [0, 1] fed to the UNet as s * 1000, no shift."""
+    return {"num_train_timesteps": 1000, "shift": 1.0}
+
+
 def scheduler_config(space: str) -> dict:
     """The training noise schedule for a model space ('pixel' or 'taef2')."""
     return dict(SCHEDULER_CONFIG if space == "pixel" else LATENT_SCHEDULER_CONFIG)
@@ -232,10 +237,13 @@ def load_shapes_backend(path: Optional[str | os.PathLike] = None, device: str = 
     unet.eval().to(device)
     encoder = OpenClipTextEncoder(tower.to(device), make_tokenizer(ck["text_cfg"]))
     saved = ck.get("scheduler_config", {})
-    sched_cfg = {**SCHEDULER_CONFIG, **{k: saved[k] for k in TRAINING_SCHEDULER_KEYS if k in saved}}
-    return CFGBackend(unet=unet, text_encoder=encoder, prediction=sched_cfg.get("prediction_type", "epsilon"),
-                      scheduler_config=sched_cfg,
-                      decoder=decode, default_sampler="ddim",
+    if ck.get("prediction") == "flow":
+        prediction, sched_cfg = "flow", {**flow_scheduler_config(), **saved}
+    else:
+        sched_cfg = {**SCHEDULER_CONFIG, **{k: saved[k] for k in TRAINING_SCHEDULER_KEYS if k in saved}}
+        prediction = sched_cfg.get("prediction_type", "epsilon")
+    return CFGBackend(unet=unet, text_encoder=encoder, prediction=prediction, scheduler_config=sched_cfg,
+                      decoder=decode, default_sampler=str(ck.get("default_sampler", "ddim")),
                       default_guidance=float(ck.get("default_guidance", 3.0)),
                       default_steps=int(ck.get("default_steps", 50)))
 
@@ -261,7 +269,7 @@ def to_uint8(images: torch.Tensor) -> list:
 
 
 def check_pass_rate(backend, prompts: Sequence[str], guidance: Optional[float] = None, steps: int = 50,
-                    seed: int = 0, batch: int = 25, sampler: str = "ddim",
+                    seed: int = 0, batch: int = 25, sampler: Optional[str] = None,
                     guidance_rescale: Optional[float] = None) -> dict:
     """Share of prompts whose image passes clipstudio.worlds.shapes.check.check_image, overall and per form."""
     from clipstudio.worlds.shapes.captions import parse_caption
@@ -295,9 +303,11 @@ def object_colour(img, background: str) -> Optional[str]:
 
 
 def colour_rate(backend, prompt: str, colour: str, background: str, n: int = 64, negative: Optional[str] = None,
-                guidance: Optional[float] = None, steps: int = 50, seed: int = 0) -> float:
+                guidance: Optional[float] = None, steps: int = 50, seed: int = 0, sampler: Optional[str] = None
+                ) -> float:
     """Share of n seeded images for `prompt` (with an optional negative) whose object is `colour`."""
-    imgs = to_uint8(backend.generate(prompt, n=n, negative=negative, guidance=guidance, steps=steps, seed=seed))
+    imgs = to_uint8(backend.generate(prompt, n=n, negative=negative, guidance=guidance, steps=steps, seed=seed,
+                                     sampler=sampler))
     return sum(object_colour(im, background) == colour for im in imgs) / n
 
 
@@ -305,29 +315,47 @@ NEGATIVE_PROMPT = ("a circle on a white background", "red", "white")  # prompt, 
 
 
 def evaluate(backend, *, prompts: int = 100, sweep: Sequence[float] = (1.0, 2.0, 4.0, 8.0), sweep_prompts: int = 50,
-             negative_seeds: int = 64, steps: int = 50, guidance: Optional[float] = None,
-             guidance_rescale: Optional[float] = None, log=print) -> dict:
+             negative_seeds: int = 64, steps: Optional[int] = None, guidance: Optional[float] = None,
+             guidance_rescale: Optional[float] = None, sampler: Optional[str] = None,
+             steps_sweep: Sequence[int] = (), log=print) -> dict:
     """The model's figures: check pass rate on ``prompts`` canonical prompts (seed 1234) at ``guidance`` (the
-    model's by default), the pass rate per guidance weight of ``sweep`` (prompt seed 99), and how often the
-    object of "a circle on a white background" is red without and with the negative prompt "red"."""
+    model's by default), the pass rate and seconds per image for each step count of ``steps_sweep`` on the same
+    prompts, the pass rate per guidance weight of ``sweep`` (prompt seed 99), and how often the object of
+    "a circle on a white background" is red without and with the negative prompt "red". ``steps`` and
+    ``sampler`` default to the model's."""
     import time
-    out: dict = {"steps": steps, "guidance": backend.default_guidance if guidance is None else guidance}
+    steps = backend.default_steps if steps is None else steps
+    sampler = sampler or backend.default_sampler
+    out: dict = {"steps": steps, "sampler": sampler,
+                 "guidance": backend.default_guidance if guidance is None else guidance}
     t0 = time.perf_counter()
     if prompts:
-        r = check_pass_rate(backend, canonical_prompts(prompts), guidance, steps, guidance_rescale=guidance_rescale)
+        r = check_pass_rate(backend, canonical_prompts(prompts), guidance, steps, sampler=sampler,
+                            guidance_rescale=guidance_rescale)
         out["pass_rate"] = r
         log(f"check pass rate at w={out['guidance']}: {r['rate']:.3f} over {r['n']} prompts; per form {r['per_form']}")
+    if prompts and steps_sweep:
+        out["steps_sweep"] = {}
+        for n_steps in steps_sweep:
+            t1 = time.perf_counter()
+            r = check_pass_rate(backend, canonical_prompts(prompts), guidance, n_steps, sampler=sampler,
+                                guidance_rescale=guidance_rescale)
+            per_image = (time.perf_counter() - t1) / prompts
+            out["steps_sweep"][n_steps] = {"rate": r["rate"], "seconds_per_image": per_image}
+            log(f"{n_steps} {sampler} steps: pass rate {r['rate']:.3f} over {r['n']} prompts, "
+                f"{per_image:.3f} s per image")
     if sweep:
         out["sweep"] = {}
         sweep_set = canonical_prompts(sweep_prompts, seed=99)
         for w in sweep:
-            r = check_pass_rate(backend, sweep_set, w, steps, seed=1, guidance_rescale=guidance_rescale)
+            r = check_pass_rate(backend, sweep_set, w, steps, seed=1, sampler=sampler,
+                                guidance_rescale=guidance_rescale)
             out["sweep"][w] = r["rate"]
             log(f"guidance {w:g}: pass rate {r['rate']:.3f} over {r['n']} prompts")
     if negative_seeds:
         p, colour, background = NEGATIVE_PROMPT
-        base = colour_rate(backend, p, colour, background, negative_seeds, None, guidance, steps, seed=5)
-        neg = colour_rate(backend, p, colour, background, negative_seeds, colour, guidance, steps, seed=5)
+        base = colour_rate(backend, p, colour, background, negative_seeds, None, guidance, steps, 5, sampler)
+        neg = colour_rate(backend, p, colour, background, negative_seeds, colour, guidance, steps, 5, sampler)
         out["negative"] = {"prompt": p, "negative": colour, "n": negative_seeds, "base_red": base, "neg_red": neg}
         log(f"'{p}': {colour} objects {base:.3f} without, {neg:.3f} with --negative {colour} ({negative_seeds} seeds)")
     out["seconds"] = time.perf_counter() - t0

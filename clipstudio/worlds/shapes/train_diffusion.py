@@ -7,6 +7,9 @@ one-object scenes, 15% empty for classifier-free guidance). The step noises the 
 DDPM forward process and regresses v = sqrt(abar) eps - sqrt(1 - abar) x0 (v-prediction, Salimans & Ho
 2022: well conditioned at high noise, where an eps model must be very precise to give a usable x0). The batch of
 step k depends only on (seed, k), so a resumed run sees exactly the data of an uninterrupted one.
+With ``--objective flow`` the same network learns a rectified flow instead (Liu et al. 2022; Lipman et al.
+2022): x_s = (1 - s) x0 + s noise, target noise - x0, sampled with ``flow-euler``; ``--init-from`` warm-starts
+the UNet (and takes the text tower) from a shipped model, e.g. the v-prediction shapes-diffusion.
 An EMA of the weights is what ships. Checkpoints are written atomically every ``--save-every`` steps:
 the full training state to ``--state`` (for ``--resume``) and the small shippable model to ``--out``
 with a ``.json`` sidecar holding the command, config and progress.
@@ -41,6 +44,7 @@ from clipstudio.images import atomic_torch_save, atomic_write
 from clipstudio.schedules import lr_factor
 
 SPACES = ("taef2", "pixel")
+OBJECTIVES = ("diffusion", "flow")
 FORM_WEIGHTS = {"plain": 0.18, "sized": 0.18, "positioned": 0.2, "left_of": 0.22, "above": 0.22}
 
 
@@ -73,6 +77,8 @@ class DiffusionTrainConfig:
     latents: Optional[str] = None
     weights_dir: Optional[str] = None
     default_guidance: float = 3.0
+    objective: str = "diffusion"
+    init_from: Optional[str] = None
 
     def validate(self) -> DiffusionTrainConfig:
         """Check ranges; each problem is one line of error, raised before any work."""
@@ -90,6 +96,8 @@ class DiffusionTrainConfig:
                                   f"{self.p_uncond}, {self.ema_decay} and {self.p_partial}")
         if self.space not in SPACES:
             raise ClipstudioError(f"unknown --space '{self.space}'; choose one of: {', '.join(SPACES)}")
+        if self.objective not in OBJECTIVES:
+            raise ClipstudioError(f"unknown --objective '{self.objective}'; choose one of: {', '.join(OBJECTIVES)}")
         if self.space != "pixel" and self.dataset <= 0:
             raise ClipstudioError(f"--dataset must be positive, got {self.dataset}")
         for name in ("max_minutes", "stop_after", "min_snr"):
@@ -106,7 +114,7 @@ class DiffusionTrainConfig:
 
 # The type of each field whose default is None (for the command's options).
 TRAIN_OPTIONAL_TYPES = {"state": str, "guide": str, "max_minutes": float, "stop_after": int, "min_snr": float,
-                        "latents": str, "weights_dir": str}
+                        "latents": str, "weights_dir": str, "init_from": str}
 
 
 def training_caption(rng: np.random.Generator, scene, p_uncond: float, p_partial: float) -> str:
@@ -217,6 +225,36 @@ class TextCache:
         return torch.stack([self.cache[t] for t in texts])
 
 
+def noised_pair(objective: str, x0: torch.Tensor, gen: torch.Generator, noise_sched, loss_weight: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(model input, timesteps, regression target, per-sample loss weight) for one training batch.
+
+    'diffusion': the DDPM forward process at integer t with an eps or v target (Ho et al. 2020; Salimans & Ho
+    2022). 'flow': the straight path x_s = (1 - s) x0 + s noise at s ~ U(0, 1), fed as t = s * T, with the
+    velocity target noise - x0 (Liu et al. 2022; Lipman et al. 2022). Draws noise first, then the times.
+    """
+    from clipstudio.diffusion.sampling import flow_interpolate, flow_velocity
+    batch = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=gen)
+    if objective == "flow":
+        s = torch.rand(batch, generator=gen)
+        steps = noise_sched.config.num_train_timesteps
+        return flow_interpolate(x0, s, noise), s * steps, flow_velocity(x0, noise), torch.ones(batch)
+    t = torch.randint(0, len(loss_weight), (batch,), generator=gen)
+    xt = noise_sched.add_noise(x0, noise, t)
+    if noise_sched.config.prediction_type == "v_prediction":
+        target = noise_sched.get_velocity(x0, noise, t)   # v = sqrt(abar) eps - sqrt(1 - abar) x0
+    else:
+        target = noise
+    return xt, t, target, loss_weight[t]
+
+
+def load_init(path: str) -> tuple[dict, str]:
+    """(a shipped model checkpoint to warm-start from, its description for the card)."""
+    init = require_keys(load_checkpoint(path), ("unet_config", "unet", "text_tower", "text_cfg"), path)
+    return init, f"{path} (sha256 {weights.file_sha256(path)[:16]})"
+
+
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warm-up then cosine decay to 10% of ``base`` (the schedule the shipped model was trained with)."""
     return base * lr_factor("cosine", step, total, warmup, floor=0.1)
@@ -258,10 +296,17 @@ def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optio
         if resume:
             print(f"--resume: no state at {state}; starting fresh", file=sys.stderr)
         st = None
-        guide = guide if guide is not None else str(SM.ASSETS_DIR / "shapes-guide.pt")
-        clip_state, guide_desc = SM.load_guide_clip_state(guide, seed)
-        snapshot = SM.text_tower_snapshot(clip_state, SM.world_vocabulary(tokenizer))
         cfg = {"seed": seed, "batch": batch}
+        if config.init_from:      # warm start: the init model's UNet and the text tower it was trained on
+            init, init_desc = load_init(config.init_from)
+            snapshot, text_cfg, guide_desc = init["text_tower"], init["text_cfg"], f"text tower of {init_desc}"
+            tokenizer = SM.make_tokenizer(text_cfg)
+            cfg["history"] = [f"step 0: warm start from {init_desc} "
+                              f"({init.get('prediction', 'v_prediction')} model)"]
+        else:
+            guide = guide if guide is not None else str(SM.ASSETS_DIR / "shapes-guide.pt")
+            clip_state, guide_desc = SM.load_guide_clip_state(guide, seed)
+            snapshot = SM.text_tower_snapshot(clip_state, SM.world_vocabulary(tokenizer))
     tower = SM.load_text_tower(snapshot, text_cfg)
     text = TextCache(OpenClipTextEncoder(tower, tokenizer))
 
@@ -271,11 +316,17 @@ def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optio
                                                          config.weights_dir, progress)
         mean = torch.tensor(space_cfg["latent_mean"])[:, None, None]
         std = torch.tensor(space_cfg["latent_std"])[:, None, None]
+    flow = config.objective == "flow"
     sched_cfg = SM.scheduler_config(space)
+    prediction = "flow" if flow else sched_cfg["prediction_type"]
 
     torch.manual_seed(seed)
     ucfg = SM.unet_config(text_cfg["width"]) if space == "pixel" else SM.latent_unet_config(text_cfg["width"])
     unet = SM.build_unet(ucfg)
+    if st is None and config.init_from:
+        if init["unet_config"] != ucfg:
+            raise ClipstudioError(f"--init-from {config.init_from} has another UNet config than --space {space}")
+        unet.load_state_dict({k: v.float() for k, v in init["unet"].items()})
     ema = copy.deepcopy(unet).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -293,17 +344,18 @@ def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optio
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
         start, elapsed, losses = st["step"], st["elapsed"], st["losses"]
-    if cfg.get("prediction_type", "epsilon") != sched_cfg["prediction_type"]:
+    if st is not None and cfg.get("prediction_type", "epsilon") != prediction:
         cfg.setdefault("history", []).append(
-            f"step {start}: prediction {cfg.get('prediction_type', 'epsilon')} -> "
-            f"{sched_cfg['prediction_type']} (warm start)")
-    cfg["prediction_type"] = sched_cfg["prediction_type"]
+            f"step {start}: prediction {cfg.get('prediction_type', 'epsilon')} -> {prediction} (warm start)")
+    cfg["prediction_type"] = prediction
+    if flow:                  # what the sampler needs to know of a flow model's time axis
+        sched_cfg = SM.flow_scheduler_config()
     cfg.update({"steps": steps, "lr": lr, "p_uncond": p_uncond, "ema_decay": ema_decay, "unet_config": ucfg,
                 "scheduler_config": sched_cfg, "space": space,
                 "image_size": SM.IMAGE_SIZE if space == "pixel" else SM.LATENT_IMAGE_SIZE,
                 "patch": SM.PATCH if space == "pixel" else None, "dataset": dataset if space != "pixel" else None,
                 "min_snr_gamma": min_snr, "form_weights": FORM_WEIGHTS, "guide": guide_desc,
-                "p_partial": p_partial})
+                "p_partial": p_partial, "objective": config.objective})
 
     def save(step: int) -> None:
         atomic_torch_save({"config": cfg, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -311,7 +363,8 @@ def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optio
                      "text_cfg": text_cfg, "guide": guide_desc}, state)
         shipped = {"unet_config": ucfg, "unet": {k: v.half() for k, v in ema.state_dict().items()},
                    "text_cfg": text_cfg, "text_tower": snapshot, "scheduler_config": sched_cfg,
-                   "default_guidance": default_guidance, "default_steps": 50, "step": step}
+                   "default_guidance": default_guidance, "default_steps": 25 if flow else 50, "step": step,
+                   "prediction": prediction, "default_sampler": "flow-euler" if flow else "ddim"}
         if space_cfg is not None:
             shipped.update(space=space_cfg, decoder=decoder_state)
         atomic_torch_save(shipped, out)
@@ -335,17 +388,11 @@ def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optio
             z, caps = make_latent_batch(seed, step, batch, data[0], data[1], p_uncond, p_partial)
             x0 = (z - mean) / std
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, len(abar), (batch,), generator=gen)
-        xt = noise_sched.add_noise(x0, noise, t)
-        if sched_cfg["prediction_type"] == "v_prediction":
-            target = noise_sched.get_velocity(x0, noise, t)   # v = sqrt(abar) eps - sqrt(1 - abar) x0
-        else:
-            target = noise
+        xt, t, target, sample_weight = noised_pair(config.objective, x0, gen, noise_sched, weight)
         cond = text(caps)
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         loss = ((pred - target) ** 2).mean(dim=(1, 2, 3))
-        loss = (loss * weight[t]).mean()
+        loss = (loss * sample_weight).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
