@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     _one_line_warnings()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if hasattr(args, "argv"):  # a command whose own parser reads everything after its name
-        args.argv = argv[argv.index(getattr(args, "what", None) or args.command) + 1:]
-    elif rest and hasattr(args, "overrides") and not any(item.startswith("-") for item in rest):
+    if rest and hasattr(args, "overrides") and not any(item.startswith("-") for item in rest):
         args.overrides = [*args.overrides, *rest]  # KEY=VALUE pairs given after an option (animate, recipe run)
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -13,9 +13,14 @@ from ..diffusion.sampling import SAMPLERS, list_samplers
 from ..errors import ClipstudioError
 from ._options import S, add_dataclass_options, add_threads_option, apply_threads, typed_settings
 
-# What `diffuse PROMPT` samples when the user names no --model and no --pipeline: the shapes world's model,
-# which works offline on a CPU.
-DEFAULT_MODEL = "shapes-diffusion"
+
+def default_model() -> str:
+    """What `diffuse PROMPT` samples when the user names no --model and no --pipeline: the first world's
+    ``default_diffusion`` (world.json data; the shapes world's model works offline on a CPU)."""
+    from ..embedded import world_default
+    return world_default("diffusion")
+
+
 COMMAND = "diffuse"
 
 HELPS = {
@@ -27,7 +32,7 @@ HELPS = {
     "sampler": f"one of: {', '.join(list_samplers())} (None: the model's)",
     "eta": "DDIM stochasticity",
     "n": "images in the batch (OUT_0.png ... when more than one)",
-    "model": f"an embedded diffusion model (see 'clipstudio models'; None: {DEFAULT_MODEL})",
+    "model": "an embedded diffusion model (see 'clipstudio models'; None: the world's default_diffusion)",
     "pipeline": "a Stable-Diffusion-style pipeline directory or hub name, instead of --model",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "scale": "nearest-neighbour upscaling of the saved PNGs",
@@ -76,7 +81,7 @@ def output_paths(output: str | Path, n: int) -> list[Path]:
 
 def with_default_model(config: DiffuseConfig) -> DiffuseConfig:
     """The config with the command's default model when it names neither a model nor a pipeline."""
-    return config if config.model or config.pipeline else config.replace(model=DEFAULT_MODEL)
+    return config if config.model or config.pipeline else config.replace(model=default_model())
 
 
 def diffuse_images(config: DiffuseConfig, backend, progress: bool = False) -> list:

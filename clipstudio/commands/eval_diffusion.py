@@ -8,14 +8,14 @@ import math
 
 from ..errors import ClipstudioError
 from ._options import add_threads_option, apply_threads
-from .diffuse import DEFAULT_MODEL
+from .diffuse import default_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("diffusion", help="measure the shapes diffusion model: check pass rate, guidance "
                                               "sweep, negative prompt")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", default=DEFAULT_MODEL, help="an embedded diffusion model")
+    source.add_argument("--model", default=None, help="an embedded diffusion model (default: the world's)")
     source.add_argument("--checkpoint", default=None, help="a shapes-diffusion checkpoint file instead")
     parser.add_argument("--prompts", type=int, default=100, help="canonical prompts for the pass rate (0: skip)")
     parser.add_argument("--sweep", default="1,2,4,8", help="guidance weights for the sweep ('': skip)")
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         backend = load_shapes_backend(args.checkpoint, device=device)
     else:
+        args.model = args.model or default_model()
         backend = load_embedded_backend(args.model, device=device)
     figures = evaluate(backend, prompts=args.prompts, sweep=sweep, sweep_prompts=args.sweep_prompts,
                        negative_seeds=args.negative_seeds, steps=args.steps, guidance=args.guidance,
