@@ -329,21 +329,20 @@ def evaluate(backend, *, prompts: int = 100, sweep: Sequence[float] = (1.0, 2.0,
     out: dict = {"steps": steps, "sampler": sampler,
                  "guidance": backend.default_guidance if guidance is None else guidance}
     t0 = time.perf_counter()
-    if prompts:
-        r = check_pass_rate(backend, canonical_prompts(prompts), guidance, steps, sampler=sampler,
-                            guidance_rescale=guidance_rescale)
+    by_steps: dict[int, dict] = {}
+    for n_steps in (steps_sweep if prompts else ()):
+        t1 = time.perf_counter()
+        by_steps[n_steps] = check_pass_rate(backend, canonical_prompts(prompts), guidance, n_steps, sampler=sampler,
+                                            guidance_rescale=guidance_rescale)
+        per_image = (time.perf_counter() - t1) / prompts
+        out.setdefault("steps_sweep", {})[n_steps] = {"rate": by_steps[n_steps]["rate"], "seconds_per_image": per_image}
+        log(f"{n_steps} {sampler} steps: pass rate {by_steps[n_steps]['rate']:.3f} over {prompts} prompts, "
+            f"{per_image:.3f} s per image")
+    if prompts:              # the same prompts and seeds as the sweep: a swept step count is not sampled twice
+        r = by_steps.get(steps) or check_pass_rate(backend, canonical_prompts(prompts), guidance, steps,
+                                                   sampler=sampler, guidance_rescale=guidance_rescale)
         out["pass_rate"] = r
         log(f"check pass rate at w={out['guidance']}: {r['rate']:.3f} over {r['n']} prompts; per form {r['per_form']}")
-    if prompts and steps_sweep:
-        out["steps_sweep"] = {}
-        for n_steps in steps_sweep:
-            t1 = time.perf_counter()
-            r = check_pass_rate(backend, canonical_prompts(prompts), guidance, n_steps, sampler=sampler,
-                                guidance_rescale=guidance_rescale)
-            per_image = (time.perf_counter() - t1) / prompts
-            out["steps_sweep"][n_steps] = {"rate": r["rate"], "seconds_per_image": per_image}
-            log(f"{n_steps} {sampler} steps: pass rate {r['rate']:.3f} over {r['n']} prompts, "
-                f"{per_image:.3f} s per image")
     if sweep:
         out["sweep"] = {}
         sweep_set = canonical_prompts(sweep_prompts, seed=99)
