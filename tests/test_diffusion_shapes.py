@@ -311,6 +311,24 @@ def test_shipped_model_meets_targets():
     assert base > 0 and neg < base / 3, (base, neg)
 
 
+def test_embedded_flow_model_samples_with_flow_euler():
+    """`diffuse --model shapes-flow`: the world's flow model loads with its own sampler and step count."""
+    from clipstudio.diffusion.backend import load_embedded_backend
+    be = load_embedded_backend("shapes-flow")
+    assert (be.prediction, be.default_sampler, be.default_steps) == ("flow", "flow-euler", 25)
+    img = be.generate("a red circle on a blue background", steps=2, seed=0)
+    assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
+
+
+@pytest.mark.slow
+def test_shipped_flow_model_meets_its_target_on_unseen_prompts():
+    """Issue 16's target, >= 90% at 25 flow-euler steps, on a prompt set that chose nothing about the model."""
+    from clipstudio.diffusion.backend import load_embedded_backend
+    from clipstudio.worlds.shapes.prompts import prompt_set
+    r = SM.check_pass_rate(load_embedded_backend("shapes-flow"), prompt_set(100, seed=31337), steps=25)
+    assert r["rate"] >= 0.9, r
+
+
 def test_loader_takes_training_keys_from_checkpoint_and_sampling_keys_from_code(tiny_run, tmp_path):
     _, out, _ = tiny_run
     ck = torch.load(out, weights_only=True)
