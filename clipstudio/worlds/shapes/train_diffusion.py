@@ -29,7 +29,7 @@ import sys
 import time
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -267,164 +267,217 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * lr_factor("cosine", step, total, warmup, floor=0.1)
 
 
-# train() is one long function on purpose: the loop, its checkpoint closure and the resume path share the model,
-# optimizer, EMA and progress, and reading it top to bottom is how a resumed run is checked to match a straight one.
-def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optional[str] = None) -> dict:
-    """Train (or resume) the shapes diffusion model; returns a summary dict."""
-    # Long on purpose, for now: the shipped model's exact resume depends on the order of every RNG draw in this
-    # loop (data, noise, timesteps, dropout), which splitting it would have to preserve draw for draw; it is
-    # due to be split into a run object like train_clip's, with a resume test pinning the draws.
+@dataclass
+class _Run:
+    """One training run's live state: models, optimizer, data and progress, with how to save it."""
+    config: DiffusionTrainConfig
+    state_path: str
+    cfg: dict                  # the run's record: written to the state and the card
+    unet: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    noise_sched: object
+    loss_weight: torch.Tensor  # per DDPM timestep (min-SNR or ones)
+    text: TextCache
+    text_record: dict          # text_tower snapshot, text_cfg and guide description, as saved
+    sched_cfg: dict
+    latent: Optional[tuple] = None   # (space config, decoder state, (scenes, latents), mean, std) for taef2
+    start: int = 0
+    elapsed: float = 0.0
+    losses: list = field(default_factory=list)
+    command: Optional[str] = None
+
+    @property
+    def flow(self) -> bool:
+        return self.config.objective == "flow"
+
+    def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        """(x0 in the UNet's space, captions) of step ``step``; depends only on (seed, step)."""
+        from clipstudio.worlds.shapes import diffusion_model as SM
+        c = self.config
+        if self.latent is None:
+            images, caps = make_batch(c.seed, step, c.batch, c.p_uncond, c.p_partial)
+            return SM.to_model_space(images), caps
+        _, _, (scenes, latents), mean, std = self.latent
+        z, caps = make_latent_batch(c.seed, step, c.batch, scenes, latents, c.p_uncond, c.p_partial)
+        return (z - mean) / std, caps
+
+    def save(self, step: int) -> None:
+        """The full state (for --resume), the shippable EMA model and its .json card, each written atomically."""
+        c, out = self.config, self.config.out
+        atomic_torch_save({"config": self.cfg, "unet": self.unet.state_dict(), "ema": self.ema.state_dict(),
+                           "opt": self.opt.state_dict(), "step": step, "elapsed": self.elapsed,
+                           "losses": self.losses, **self.text_record}, self.state_path)
+        shipped = {"unet_config": self.cfg["unet_config"],
+                   "unet": {k: v.half() for k, v in self.ema.state_dict().items()},
+                   "text_cfg": self.text_record["text_cfg"], "text_tower": self.text_record["text_tower"],
+                   "scheduler_config": self.sched_cfg, "default_guidance": c.default_guidance,
+                   "default_steps": 25 if self.flow else 50, "step": step, "prediction": self.cfg["prediction_type"],
+                   "default_sampler": "flow-euler" if self.flow else "ddim"}
+        if self.latent is not None:
+            shipped.update(space=self.latent[0], decoder=self.latent[1])
+        atomic_torch_save(shipped, out)
+        meta = {"command": self.command, "step": step, "steps": c.steps, "train_seconds": round(self.elapsed, 1),
+                "threads": torch.get_num_threads(),
+                "last_loss": float(np.mean(self.losses[-100:])) if self.losses else None, "config": self.cfg}
+        text = json.dumps(meta, indent=2, default=str)
+        atomic_write(Path(out).with_suffix(".json"), lambda f: f.write(text.encode()))
+
+
+def _resumed_state(config: DiffusionTrainConfig, state_path: str) -> Optional[dict]:
+    """The saved state to continue from (None: start fresh); a state of another run is a one-line error."""
+    if not (config.resume and os.path.isfile(state_path)):
+        if config.resume:
+            print(f"--resume: no state at {state_path}; starting fresh", file=sys.stderr)
+        return None
+    st = require_keys(load_checkpoint(state_path), ("config", "unet", "ema", "opt", "step", "elapsed", "losses",
+                                                    "text_tower", "guide"), state_path)
+    cfg = st["config"]
+    if cfg["seed"] != config.seed or cfg["batch"] != config.batch or cfg.get("space", "pixel") != config.space:
+        raise ClipstudioError(f"--resume: {state_path} was trained with seed {cfg['seed']} batch {cfg['batch']} "
+                              f"space {cfg.get('space', 'pixel')}")
+    return st
+
+
+def _text_conditioning(config: DiffusionTrainConfig, st: Optional[dict], cfg: dict) -> tuple[dict, Optional[dict]]:
+    """The text tower the UNet is conditioned on, as saved ({text_tower, text_cfg, guide}), and the --init-from
+    checkpoint (None without one): a resumed run's own, a warm start's, or a snapshot of the guide's."""
+    from clipstudio.worlds.shapes import diffusion_model as SM
+    if st is not None:       # the guide config may have changed since the run began: keep the run's
+        return {"text_tower": st["text_tower"], "text_cfg": st.get("text_cfg", SM.guide_text_cfg()),
+                "guide": st["guide"]}, None
+    if config.init_from:     # warm start: the init model's UNet and the text tower it was trained on
+        init, init_desc = load_init(config.init_from)
+        cfg["history"] = [f"step 0: warm start from {init_desc} ({init.get('prediction', 'v_prediction')} model)"]
+        return {"text_tower": init["text_tower"], "text_cfg": init["text_cfg"],
+                "guide": f"text tower of {init_desc}"}, init
+    text_cfg = SM.guide_text_cfg()
+    guide = config.guide if config.guide is not None else str(SM.ASSETS_DIR / "shapes-guide.pt")
+    clip_state, guide_desc = SM.load_guide_clip_state(guide, config.seed)
+    snapshot = SM.text_tower_snapshot(clip_state, SM.world_vocabulary(SM.make_tokenizer(text_cfg)))
+    return {"text_tower": snapshot, "text_cfg": text_cfg, "guide": guide_desc}, None
+
+
+def _loss_weight(noise_sched, min_snr: Optional[float]) -> torch.Tensor:
+    """Per-timestep loss weight: min-SNR-gamma (Hang et al. 2023) or the plain DDPM loss (Ho et al. 2020)."""
+    abar = noise_sched.alphas_cumprod.float()
+    snr = abar / (1 - abar)
+    return torch.clamp(snr, max=min_snr) / snr if min_snr else torch.ones_like(snr)
+
+
+def _start_run(config: DiffusionTrainConfig, progress: bool, command: Optional[str]) -> _Run:
+    """Build (or restore) every piece of a run. The order of seeded draws is fixed: a resumed run and the
+    shipped models' commands depend on it."""
     from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
 
     from clipstudio.diffusion.backend import OpenClipTextEncoder
     from clipstudio.worlds.shapes import diffusion_model as SM
+    c = config
+    state_path = c.state or f"{c.out}.state"
+    st = _resumed_state(c, state_path)
+    cfg = st["config"] if st is not None else {"seed": c.seed, "batch": c.batch}
+    text_record, init = _text_conditioning(c, st, cfg)
+    text_cfg = text_record["text_cfg"]
+    tower = SM.load_text_tower(text_record["text_tower"], text_cfg)
+    text = TextCache(OpenClipTextEncoder(tower, SM.make_tokenizer(text_cfg)))
+    latent = None
+    if c.space == "taef2":
+        space_cfg, decoder_state, data = prepare_latents(c.seed, c.dataset, c.latents or f"{state_path}.latents",
+                                                         c.weights_dir, progress)
+        latent = (space_cfg, decoder_state, data, torch.tensor(space_cfg["latent_mean"])[:, None, None],
+                  torch.tensor(space_cfg["latent_std"])[:, None, None])
+    sched_cfg = SM.scheduler_config(c.space)
+    prediction = "flow" if c.objective == "flow" else sched_cfg["prediction_type"]
 
-    config.validate()
-    steps, batch, lr, seed, out, state = config.steps, config.batch, config.lr, config.seed, config.out, config.state
-    resume, save_every, p_uncond, p_partial = config.resume, config.save_every, config.p_uncond, config.p_partial
-    ema_decay, guide, max_minutes, stop_after = config.ema_decay, config.guide, config.max_minutes, config.stop_after
-    min_snr, space, dataset, default_guidance = config.min_snr, config.space, config.dataset, config.default_guidance
-    state = state or f"{out}.state"
-    text_cfg = SM.guide_text_cfg()
-    tokenizer = SM.make_tokenizer(text_cfg)
-
-    if resume and os.path.isfile(state):
-        st = require_keys(load_checkpoint(state), ("config", "unet", "ema", "opt", "step", "elapsed", "losses", "text_tower", "guide"), state)
-        cfg = st["config"]
-        if cfg["seed"] != seed or cfg["batch"] != batch or cfg.get("space", "pixel") != space:
-            raise ClipstudioError(f"--resume: {state} was trained with seed {cfg['seed']} batch {cfg['batch']} "
-                                  f"space {cfg.get('space', 'pixel')}")
-        snapshot = st["text_tower"]
-        guide_desc = st["guide"]
-        text_cfg = st.get("text_cfg", text_cfg)  # the guide config may have changed since
-        tokenizer = SM.make_tokenizer(text_cfg)
-    else:
-        if resume:
-            print(f"--resume: no state at {state}; starting fresh", file=sys.stderr)
-        st = None
-        cfg = {"seed": seed, "batch": batch}
-        if config.init_from:      # warm start: the init model's UNet and the text tower it was trained on
-            init, init_desc = load_init(config.init_from)
-            snapshot, text_cfg, guide_desc = init["text_tower"], init["text_cfg"], f"text tower of {init_desc}"
-            tokenizer = SM.make_tokenizer(text_cfg)
-            cfg["history"] = [f"step 0: warm start from {init_desc} "
-                              f"({init.get('prediction', 'v_prediction')} model)"]
-        else:
-            guide = guide if guide is not None else str(SM.ASSETS_DIR / "shapes-guide.pt")
-            clip_state, guide_desc = SM.load_guide_clip_state(guide, seed)
-            snapshot = SM.text_tower_snapshot(clip_state, SM.world_vocabulary(tokenizer))
-    tower = SM.load_text_tower(snapshot, text_cfg)
-    text = TextCache(OpenClipTextEncoder(tower, tokenizer))
-
-    space_cfg, decoder_state, data = None, None, None
-    if space == "taef2":
-        space_cfg, decoder_state, data = prepare_latents(seed, dataset, config.latents or f"{state}.latents",
-                                                         config.weights_dir, progress)
-        mean = torch.tensor(space_cfg["latent_mean"])[:, None, None]
-        std = torch.tensor(space_cfg["latent_std"])[:, None, None]
-    flow = config.objective == "flow"
-    sched_cfg = SM.scheduler_config(space)
-    prediction = "flow" if flow else sched_cfg["prediction_type"]
-
-    torch.manual_seed(seed)
-    ucfg = SM.unet_config(text_cfg["width"]) if space == "pixel" else SM.latent_unet_config(text_cfg["width"])
+    torch.manual_seed(c.seed)
+    ucfg = SM.unet_config(text_cfg["width"]) if c.space == "pixel" else SM.latent_unet_config(text_cfg["width"])
     unet = SM.build_unet(ucfg)
-    if st is None and config.init_from:
+    if init is not None:
         if init["unet_config"] != ucfg:
-            raise ClipstudioError(f"--init-from {config.init_from} has another UNet config than --space {space}")
+            raise ClipstudioError(f"--init-from {c.init_from} has another UNet config than --space {c.space}")
         unet.load_state_dict({k: v.float() for k, v in init["unet"].items()})
     ema = copy.deepcopy(unet).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(unet.parameters(), lr=c.lr, weight_decay=0.0)
     noise_sched = DDPMScheduler(**{**sched_cfg, "clip_sample": False})
-    abar = noise_sched.alphas_cumprod.float()
-    snr = abar / (1 - abar)
-    if min_snr:                                       # min-SNR-gamma weighting for eps prediction
-        weight = torch.clamp(snr, max=min_snr) / snr
-    else:                                             # the plain DDPM loss (Ho et al. 2020)
-        weight = torch.ones_like(snr)
-    start, elapsed, losses = 0, 0.0, []
+    run = _Run(c, state_path, cfg, unet, ema, opt, noise_sched, _loss_weight(noise_sched, c.min_snr), text,
+               text_record, SM.flow_scheduler_config() if c.objective == "flow" else sched_cfg, latent,
+               command=command)
     if st is not None:
         unet.load_state_dict(st["unet"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
-        start, elapsed, losses = st["step"], st["elapsed"], st["losses"]
-    if st is not None and cfg.get("prediction_type", "epsilon") != prediction:
-        cfg.setdefault("history", []).append(
-            f"step {start}: prediction {cfg.get('prediction_type', 'epsilon')} -> {prediction} (warm start)")
+        run.start, run.elapsed, run.losses = st["step"], st["elapsed"], st["losses"]
+        if cfg.get("prediction_type", "epsilon") != prediction:
+            cfg.setdefault("history", []).append(
+                f"step {run.start}: prediction {cfg.get('prediction_type', 'epsilon')} -> {prediction} (warm start)")
     cfg["prediction_type"] = prediction
-    if flow:                  # what the sampler needs to know of a flow model's time axis
-        sched_cfg = SM.flow_scheduler_config()
-    cfg.update({"steps": steps, "lr": lr, "p_uncond": p_uncond, "ema_decay": ema_decay, "unet_config": ucfg,
-                "scheduler_config": sched_cfg, "space": space,
-                "image_size": SM.IMAGE_SIZE if space == "pixel" else SM.LATENT_IMAGE_SIZE,
-                "patch": SM.PATCH if space == "pixel" else None, "dataset": dataset if space != "pixel" else None,
-                "min_snr_gamma": min_snr, "form_weights": FORM_WEIGHTS, "guide": guide_desc,
-                "p_partial": p_partial, "objective": config.objective})
+    cfg.update({"steps": c.steps, "lr": c.lr, "p_uncond": c.p_uncond, "ema_decay": c.ema_decay, "unet_config": ucfg,
+                "scheduler_config": run.sched_cfg, "space": c.space,
+                "image_size": SM.IMAGE_SIZE if c.space == "pixel" else SM.LATENT_IMAGE_SIZE,
+                "patch": SM.PATCH if c.space == "pixel" else None,
+                "dataset": c.dataset if c.space != "pixel" else None, "min_snr_gamma": c.min_snr,
+                "form_weights": FORM_WEIGHTS, "guide": text_record["guide"], "p_partial": c.p_partial,
+                "objective": c.objective})
+    return run
 
-    def save(step: int) -> None:
-        atomic_torch_save({"config": cfg, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                     "step": step, "elapsed": elapsed, "losses": losses, "text_tower": snapshot,
-                     "text_cfg": text_cfg, "guide": guide_desc}, state)
-        shipped = {"unet_config": ucfg, "unet": {k: v.half() for k, v in ema.state_dict().items()},
-                   "text_cfg": text_cfg, "text_tower": snapshot, "scheduler_config": sched_cfg,
-                   "default_guidance": default_guidance, "default_steps": 25 if flow else 50, "step": step,
-                   "prediction": prediction, "default_sampler": "flow-euler" if flow else "ddim"}
-        if space_cfg is not None:
-            shipped.update(space=space_cfg, decoder=decoder_state)
-        atomic_torch_save(shipped, out)
-        meta = {"command": command, "step": step, "steps": steps, "train_seconds": round(elapsed, 1),
-                "threads": torch.get_num_threads(), "last_loss": float(np.mean(losses[-100:])) if losses else None,
-                "config": cfg}
-        text = json.dumps(meta, indent=2, default=str)
-        atomic_write(Path(out).with_suffix(".json"), lambda f: f.write(text.encode()))
 
-    unet.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="shapes-diffusion", disable=not progress)
+def _train_step(run: _Run, step: int) -> float:
+    """One optimizer step and the EMA update; returns the loss. Draws: data, then noise, then times."""
+    c = run.config
+    for g in run.opt.param_groups:
+        g["lr"] = lr_at(step, c.steps, c.lr, warmup=min(200, c.steps // 10 + 1))
+    x0, caps = run.batch(step)
+    gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
+    xt, t, target, sample_weight = noised_pair(c.objective, x0, gen, run.noise_sched, run.loss_weight)
+    pred = run.unet(xt, t, encoder_hidden_states=run.text(caps)).sample
+    loss = (((pred - target) ** 2).mean(dim=(1, 2, 3)) * sample_weight).mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.unet.parameters(), 1.0)
+    run.opt.step()
+    decay = min(c.ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(run.ema.parameters(), run.unet.parameters()):
+            pe.lerp_(p.detach(), 1 - decay)
+    return float(loss.detach())
+
+
+def _stop_reason(config: DiffusionTrainConfig, done: int, elapsed: float) -> Optional[str]:
+    """Why to stop (and save) after ``done`` steps before the schedule's end, or None."""
+    if config.stop_after is not None and done >= config.stop_after and done < config.steps:
+        return f"stopping at step {done} (--stop-after); continue with --resume"
+    if config.max_minutes is not None and elapsed > config.max_minutes * 60:
+        return f"stopping at step {done}: --max-minutes {config.max_minutes} reached"
+    return None
+
+
+def train(config: DiffusionTrainConfig, *, progress: bool = True, command: Optional[str] = None) -> dict:
+    """Train (or resume) the shapes diffusion model; returns a summary dict."""
+    from tqdm.auto import tqdm
+
+    run = _start_run(config.validate(), progress, command)
+    run.unet.train()
+    bar = tqdm(range(run.start, config.steps), initial=run.start, total=config.steps, desc="shapes-diffusion",
+               disable=not progress)
     t_last = time.perf_counter()
-    step = start
+    step = run.start
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10 + 1))
-        if space == "pixel":
-            images, caps = make_batch(seed, step, batch, p_uncond, p_partial)
-            x0 = SM.to_model_space(images)
-        else:
-            z, caps = make_latent_batch(seed, step, batch, data[0], data[1], p_uncond, p_partial)
-            x0 = (z - mean) / std
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        xt, t, target, sample_weight = noised_pair(config.objective, x0, gen, noise_sched, weight)
-        cond = text(caps)
-        pred = unet(xt, t, encoder_hidden_states=cond).sample
-        loss = ((pred - target) ** 2).mean(dim=(1, 2, 3))
-        loss = (loss * sample_weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p.detach(), 1 - decay)
-        losses.append(float(loss.detach()))
+        run.losses.append(_train_step(run, step))
         now = time.perf_counter()
-        elapsed += now - t_last
+        run.elapsed += now - t_last
         t_last = now
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            save(step + 1)
-        if stop_after is not None and step + 1 >= stop_after and step + 1 < steps:
-            save(step + 1)
-            print(f"stopping at step {step + 1} (--stop-after); continue with --resume", file=sys.stderr)
-            break
-        if max_minutes is not None and elapsed > max_minutes * 60:
-            save(step + 1)
-            print(f"stopping at step {step + 1}: --max-minutes {max_minutes} reached", file=sys.stderr)
+        bar.set_postfix(loss=f"{np.mean(run.losses[-50:]):.4f}")
+        done = step + 1
+        stop = _stop_reason(config, done, run.elapsed)
+        if done % config.save_every == 0 or done == config.steps or stop:
+            run.save(done)
+        if stop:
+            print(stop, file=sys.stderr)
             break
     bar.close()
-    return {"step": step + 1, "train_seconds": elapsed, "last_loss": float(np.mean(losses[-100:]))}
+    return {"step": step + 1, "train_seconds": run.elapsed, "last_loss": float(np.mean(run.losses[-100:]))}
 
 
 def prepare_latents(seed: int, dataset: int, latents_path: str, weights_dir: Optional[str],
