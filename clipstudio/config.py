@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw")
 
 CUT_MODES = ("crops", "pooled")  # as in clipstudio.guide.cutouts (which sits a layer above)
 from .schedules import SCHEDULES
+from .settings import Settings
 
 # Bounds of the numeric settings, (low, high) inclusive. Adam moves a parameter by about lr a step, and every
 # generator's latents live within a few units, so an lr above MAX_LR can only make noise (1e38 overflows to
@@ -104,7 +105,7 @@ def _short(value: Any) -> str:
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Settings):
     """Everything that determines a CLIP-guided image.
 
     The defaults are neutral, the lineage's classic setup (ViT-B/32 guiding Fourier pixels at 256 px); a
@@ -191,16 +192,6 @@ class GenerateConfig:
             raise ClipstudioError("--perceptual and --anchor compare against an init image: give --init-image")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """Only the settings that differ from the defaults (what a recipe file holds)."""
-        defaults = GenerateConfig()
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(defaults, f.name)}
-
-    def to_full_dict(self) -> dict[str, Any]:
-        """Every setting, defaults included (what an output PNG records)."""
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerateConfig:
         """Build a config from a recipe or a PNG's settings; unknown keys are an error, not silently dropped."""
@@ -208,18 +199,11 @@ class GenerateConfig:
             data = _migrate(data)
         except (TypeError, ValueError, AttributeError) as err:  # a mapping where a list was, and so on
             raise ClipstudioError(f"bad settings: {err}") from None
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ClipstudioError(f"unknown setting(s): {', '.join(unknown)}")
+        cls.reject_unknown(data)
         try:
             return cls(**{k: _coerce(cls, k, v) for k, v in data.items()})
         except (TypeError, ValueError) as err:
             raise ClipstudioError(f"bad settings: {err}") from None
-
-    def replace(self, **changes: Any) -> GenerateConfig:
-        """A copy with some settings changed (unknown names are an error)."""
-        return GenerateConfig.from_dict({**self.to_full_dict(), **changes})
 
 
 # Settings of older versions, as recorded in their PNGs: regularizer weights were fields of their own.

@@ -8,12 +8,12 @@ and after the last; a bare value (``1.02``) is the same at every frame. Prompt s
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClipstudioError
+from .settings import Settings
 
 Keyframes = list[tuple[int, str]]
 
@@ -93,7 +93,7 @@ def prompt_blend(keys: Keyframes, frame: float, transition: int = 0) -> list[tup
 
 
 @dataclass
-class AnimateConfig:
+class AnimateConfig(Settings):
     """Settings of an animation beyond :class:`GenerateConfig` (a recipe holds them under ``animate:``).
 
     Every schedule is a keyframe string over frames (see the module docstring). Frame 0 gets
@@ -156,31 +156,16 @@ class AnimateConfig:
         self.prompt_keys()
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """Only the settings that differ from the defaults (what a recipe's ``animate:`` holds)."""
-        defaults = AnimateConfig()
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(defaults, f.name)}
-
-    def to_full_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> AnimateConfig:
         """Build from a recipe's ``animate:`` mapping; unknown keys and bad types are one line of error."""
         data = dict(data or {})
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ClipstudioError(f"unknown animate setting(s): {', '.join(unknown)}")
+        cls.reject_unknown(data, "animate")
         typed = {}
         for name, value in data.items():
             default = getattr(cls(), name)
             typed[name] = _coerce(name, value, default)
         return cls(**typed)
-
-    def replace(self, **changes: Any) -> AnimateConfig:
-        return AnimateConfig.from_dict({**self.to_full_dict(), **changes})
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clipstudio"
 
 # Layer of each top-level part of the package; a module may import only from its own layer or below.
 LAYERS = {
-    "_version": 0, "errors": 0, "images": 0, "weights": 0, "embedded": 0, "checkpoints": 0, "resources": 0,
+    "_version": 0, "errors": 0, "settings": 0, "images": 0, "weights": 0, "embedded": 0, "checkpoints": 0, "resources": 0,
     "devices": 0, "schedules": 0, "video": 0,
     "config": 1, "recipes": 1, "keyframes": 1,
     "guide": 2, "losses": 2, "generators": 2, "diffusion": 2, "nets": 2,

@@ -20,8 +20,7 @@ import torch
 
 from clipstudio.diffusion.sampling import bind_cond, cfg_model, check_steps, list_samplers, sampler_entry
 from clipstudio.errors import ClipstudioError, missing_extra
-from clipstudio.config import SEED_MAX, check_numbers
-from clipstudio.images import check_writable, require_finite_image
+from clipstudio.images import require_finite_image
 
 def _diffusers(what: str):
     try:

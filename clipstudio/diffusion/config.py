@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import ClipstudioError
+from ..settings import Settings
 from .sampling import list_samplers
 
 # The type of each field whose default is None (None: the model's own default, resolved when it is loaded).
@@ -18,7 +19,7 @@ MAX_SCALE = 64
 
 
 @dataclass
-class DiffuseConfig:
+class DiffuseConfig(Settings):
     """Everything that determines the images of a classifier-free-guidance diffusion run.
 
     ``None`` means the model's default (its guidance weight, steps, sampler and guidance rescale); the
@@ -66,30 +67,13 @@ class DiffuseConfig:
             raise ClipstudioError("device must name a device (auto, cpu, cuda, ...)")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        """Only the settings that differ from the defaults."""
-        defaults = DiffuseConfig()
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(defaults, f.name)}
-
-    def to_full_dict(self) -> dict[str, Any]:
-        """Every setting, defaults included (what an output PNG records)."""
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffuseConfig:
         """Build a config from a PNG's settings or typed options; unknown keys are an error, not dropped."""
         if not isinstance(data, dict):
             raise ClipstudioError(f"diffuse settings must be a mapping of setting: value, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ClipstudioError(f"unknown diffuse setting(s): {', '.join(unknown)}")
+        cls.reject_unknown(data, "diffuse")
         return cls(**{k: _coerce(k, v) for k, v in data.items()})
-
-    def replace(self, **changes: Any) -> DiffuseConfig:
-        """A copy with some settings changed (unknown names are an error)."""
-        return DiffuseConfig.from_dict({**self.to_full_dict(), **changes})
 
 
 def field_type(name: str) -> type:

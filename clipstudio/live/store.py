@@ -16,7 +16,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from PIL import Image
 
 from ..checkpoints import load_checkpoint

@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from clipstudio.config import MAX_LR, SEED_MAX, check_numbers
 from clipstudio.errors import ClipstudioError
 from clipstudio.images import atomic_torch_save, atomic_write
 from clipstudio.schedules import lr_factor
+from clipstudio.settings import Settings
 
 SPACES = ("taef2", "pixel")
 OBJECTIVES = ("diffusion", "flow")
@@ -49,7 +49,7 @@ FORM_WEIGHTS = {"plain": 0.18, "sized": 0.18, "positioned": 0.2, "left_of": 0.22
 
 
 @dataclass
-class DiffusionTrainConfig:
+class DiffusionTrainConfig(Settings):
     """Every setting of a shapes-diffusion training run, with its default (the command's options derive from it).
 
     ``state`` defaults to OUT.state and ``latents`` to STATE.latents; ``guide`` to the shipped shapes-guide
@@ -105,11 +105,6 @@ class DiffusionTrainConfig:
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ClipstudioError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
         return self
-
-    def to_dict(self) -> dict:
-        """Only the settings that differ from the defaults."""
-        defaults = DiffusionTrainConfig()
-        return {k: v for k, v in dataclasses.asdict(self).items() if v != getattr(defaults, k)}
 
 
 # The type of each field whose default is None (for the command's options).
