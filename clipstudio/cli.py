@@ -26,15 +26,21 @@ def _one_line_warnings() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\..*")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _one_line_warnings()
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line as :func:`main` does, without running it (argparse exits 2 on a bad one)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and hasattr(args, "overrides") and not any(item.startswith("-") for item in rest):
         args.overrides = [*args.overrides, *rest]  # KEY=VALUE pairs given after an option (animate, recipe run)
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _one_line_warnings()
+    args = parse_command_line(argv)
     try:
         return int(args.run(args) or 0)
     except ClipstudioError as err:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ClipstudioError
-from .images import check_writable
+from .images import _umask, check_writable
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -72,6 +72,7 @@ def write_video(frames: Iterable[np.ndarray | Image.Image | str | os.PathLike], 
                 count += 1
         if not count:
             raise ClipstudioError(f"no frames to write to {path}")
+        os.chmod(tmp, 0o666 & ~_umask())  # what open() would give, not the temporary file's 0600 (as for PNGs)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,6 +1,9 @@
 """Animations: keyframe schedules, motion re-encoded into generators, videos read back, resume by frame."""
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +163,12 @@ def test_the_python_api_animates_with_a_per_frame_callback(tiny_clip, tmp_path):
                                 callback=lambda studio, frame, image: frames.append((frame, image.size)))
     assert frames == [(0, (32, 32)), (1, (32, 32)), (2, (32, 32))]
     assert result.settings.prompt == "a red disc" and len(read_video(result.video)) == 3
+
+
+def test_a_video_gets_the_permissions_of_any_new_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_video([np.zeros((8, 8, 3), np.uint8)] * 2, tmp_path / "out.gif")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600: a web server can serve it
