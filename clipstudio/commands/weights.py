@@ -6,7 +6,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("weights", help="list known model files, or fetch some by name")
-    parser.add_argument("names", nargs="*", help="weights names (see the list), e.g. taef2_decoder")
+    parser.add_argument("names", nargs="*", help="weights names (see the list), e.g. taef2.decoder")
     parser.add_argument("--weights-dir", default=None)
     parser.set_defaults(run=run)
 
