@@ -282,6 +282,20 @@ def fetch(name: str, weights_dir: str | os.PathLike | None = None, offline: bool
                           progress=progress)
 
 
+def hub_file(repo_id: str, filename: str, offline: bool | None = None) -> Path:
+    """One file of a Hugging Face repo (an open_clip hub model's config or weights) through
+    ``hf_hub_download`` and its cache, a ``.safetensors`` twin preferred; offline, a missing file is one line."""
+    group = repo_id.replace("/", "--")  # the files of one repo stay together: open_clip reads them as a folder
+    entry = WeightsEntry(f"hf-hub:{repo_id}", filename, [f"https://huggingface.co/{repo_id}/resolve/main/{filename}"],
+                         None, f"see the model card at https://huggingface.co/{repo_id}", group=group,
+                         hub=f"{repo_id}/{filename}")
+    folders = [f / group for f in (weights_folder(), cache_dir()) if f is not None]
+    for candidate in (folder / filename for folder in folders):
+        if candidate.is_file():
+            return candidate
+    return _fetch_hub(entry, is_offline(offline), folders[0])
+
+
 def _fetch_hub(entry: WeightsEntry, offline: bool, where: Path) -> Path:
     """A file on the Hugging Face hub, through ``hf_hub_download`` (its cache, offline mode, progress bars).
 

@@ -38,7 +38,7 @@ def test_show_says_which_recipes_need_weights(capsys):
     assert "needs weights: none" in out and "kind: animation" in out
 
 
-@pytest.mark.parametrize("name", ["vqgan-imagenet", "taef2-painting", "vit-b-32-pixels"])
+@pytest.mark.parametrize("name", ["vqgan-imagenet", "taef2-painting", "vit-b-32-pixels", "robust-pixels"])
 def test_recipes_that_need_weights_fail_offline_in_one_line(name, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CLIPSTUDIO_OFFLINE", "1")
     monkeypatch.setenv("CLIPSTUDIO_HOME", str(tmp_path / "home"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-WHATS = ('clip', 'generate', 'diffusion')
+WHATS = ('clip', 'generate', 'diffusion', 'robust')
 
 
 def register(sub: argparse._SubParsersAction) -> None:

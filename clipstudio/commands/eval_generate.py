@@ -8,9 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._options import add_threads_option, apply_threads
+from ._options import add_dataclass_options, add_threads_option, apply_threads
 
 DEFAULT_RECIPE = "shapes"
+# GenerateConfig settings that get options of their own here (the rest through --set): what the issue's
+# measurements name, and the knobs a sweep of guidance tricks turns most.
+DIRECT_SETTINGS = ("clip", "generator", "layout", "search", "steps", "lr", "cutn", "cut_noise")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt-seed", type=int, default=1234, help="seed of the prompt set")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="generation seeds for every prompt")
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name or YAML file (default: {DEFAULT_RECIPE})")
+    add_generate_options(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="a GenerateConfig setting on top of the recipe, e.g. --set steps=50 "
                              "--set 'augments=[\"affine\"]'")
@@ -29,6 +33,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the rows and summary as JSON")
     add_threads_option(parser)
     parser.set_defaults(run=run)
+
+
+def add_generate_options(parser: argparse.ArgumentParser) -> None:
+    """``--generator NAME --layout NAME --search N`` and the other :data:`DIRECT_SETTINGS`, derived from
+    :class:`GenerateConfig` (only what is typed overrides the recipe)."""
+    import dataclasses
+
+    from ..config import GenerateConfig
+
+    skip = tuple(f.name for f in dataclasses.fields(GenerateConfig) if f.name not in DIRECT_SETTINGS)
+    add_dataclass_options(parser, GenerateConfig, skip=skip, helps={
+        "clip": "guide CLIP model (repeat for an ensemble)",
+        "generator": "generator (the recipe's 'generators:' section for it applies)",
+        "layout": "a generator whose searched result starts this one ('none': start from noise)",
+        "search": "coordinate-search sweeps before the steps (0: none)",
+        "steps": "optimization steps", "lr": "learning rate", "cutn": "cutouts per step",
+        "cut_noise": "largest noise added to a cutout",
+    })
+    for action in parser._actions:  # the defaults that apply are the recipe's, not GenerateConfig's neutral ones
+        if action.dest in DIRECT_SETTINGS and action.help:
+            action.help = action.help.rsplit(" (default:", 1)[0] + " (default: the recipe's)"
+
+
+def generate_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings typed as options, then ``--set``'s on top."""
+    given = vars(args)
+    return {**{k: given[k] for k in DIRECT_SETTINGS if k in given}, **parse_settings(args.set)}
 
 
 def _json_or_text(text: str) -> Any:
@@ -73,7 +104,7 @@ def _print_report(report, as_json: bool, label: str = "") -> None:
         return
     for row in report.rows:
         mark = "pass" if row["passed"] else "FAIL " + "; ".join(row["failures"])
-        print(f"{row['seconds']:6.1f}s  eval {row['evaluator']:.3f}  {row['prompt']}  [{mark}]")
+        print(f"{row['seconds']:6.1f}s  eval {row['evaluator']:.3f}  gap {row['gap']:+.3f}  {row['prompt']}  [{mark}]")
     print((f"{label}: " if label else "") + json.dumps(summary, indent=1))
 
 
@@ -87,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1 or not args.seeds:
         raise ClipstudioError(f"-n must be at least 1 and --seeds must name a seed, got -n {args.n}")
-    options = parse_settings(args.set)
+    options = generate_settings(args)
     sweep = parse_sweep(args.sweep)
     runs = [("", options)] if sweep is None else [(f"{sweep[0]}={v}", {**options, sweep[0]: v}) for v in sweep[1]]
     prompts = prompt_set(args.n, args.prompt_seed)

@@ -24,6 +24,11 @@ def run(args: argparse.Namespace) -> int:
     for name, model in embedded.embedded_models().items():
         state = f"{model.checkpoint.stat().st_size / 1e6:.1f} MB" if model.checkpoint.is_file() else "missing"
         print(f"  {name:18s} {model.kind:9s} {state:9s} {model.about}")
+    from ..guide.clip import HUB_CLIPS
+
+    print("robust CLIPs on the Hugging Face hub (downloaded on first use; any hf-hub:ORG/REPO of open_clip's layout):")
+    for name, about in HUB_CLIPS.items():
+        print(f"  {name:26s} {about}")
     print("open_clip models: any NAME[:PRETRAINED] from open_clip (e.g. ViT-B-32:openai), NAME:PATH, or NAME:random "
           "(weights seeded by the name: the same model in every process)")
     print(f"losses: {', '.join(list_losses())}")

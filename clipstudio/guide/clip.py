@@ -20,6 +20,16 @@ from ..errors import ClipstudioError
 
 DEFAULT_CLIP = "ViT-B-32:openai"  # the lineage's guide; worlds' recipes name their own
 RANDOM_TAG = "random"
+HUB_PREFIX = "hf-hub:"  # open_clip's name for a model whose config and weights live in a Hugging Face repo
+# Adversarially robust CLIPs (perceptually aligned gradients), published as open_clip hub models; any other
+# ``hf-hub:ORG/REPO`` of open_clip's layout loads the same way.
+HUB_CLIPS: dict[str, str] = {
+    "hf-hub:chs20/fare2-clip": "ViT-L-14, FARE eps 2/255 (Schlarmann et al. 2024), robust image tower",
+    "hf-hub:chs20/fare4-clip": "ViT-L-14, FARE eps 4/255 (Schlarmann et al. 2024), robust image tower",
+    "hf-hub:chs20/tecoa2-clip": "ViT-L-14, TeCoA eps 2/255 (Mao et al. 2023), robust image tower",
+    "hf-hub:chs20/tecoa4-clip": "ViT-L-14, TeCoA eps 4/255 (Mao et al. 2023), robust image tower",
+}
+HUB_FILES = ("open_clip_config.json", "open_clip_pytorch_model.bin")  # what open_clip reads from such a repo
 
 
 @functools.cache
@@ -52,6 +62,8 @@ def clip_input_size(spec: str) -> int:
     import open_clip
 
     _register_configs()
+    if spec.startswith(HUB_PREFIX):
+        return _hub_input_size(spec)
     arch = spec if spec in embedded.embedded_models("clip") else spec.partition(":")[0]
     path = Path(spec)
     if arch not in open_clip.list_models() and path.is_file():
@@ -69,7 +81,35 @@ def list_clip_models() -> list[str]:
 
     _register_configs()
     pretrained = [f"{name}:{tag}" for name, tag in open_clip.list_pretrained()]
-    return embedded.list_embedded("clip") + pretrained
+    return embedded.list_embedded("clip") + list(HUB_CLIPS) + pretrained
+
+
+def _hub_repo(spec: str) -> str:
+    """``ORG/REPO`` of an ``hf-hub:ORG/REPO`` name; anything else is a one-line error."""
+    repo = spec[len(HUB_PREFIX):]
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo):
+        raise ClipstudioError(f"a hub CLIP is named hf-hub:ORG/REPO, got '{spec}'")
+    return repo
+
+
+def _hub_folder(spec: str, offline: bool | None = None) -> Path:
+    """The local folder holding the open_clip config and weights of ``hf-hub:ORG/REPO`` (downloaded through
+    ``hf_hub_download`` into its cache; offline, a missing file is one line naming it)."""
+    from .. import weights
+
+    files = [weights.hub_file(_hub_repo(spec), name, offline) for name in HUB_FILES]
+    return files[0].parent
+
+
+def _hub_input_size(spec: str) -> int:
+    """A hub model's image side from its cached config, without downloading; 224 when unknown."""
+    try:
+        config = json.loads((_hub_folder(spec, offline=True) / HUB_FILES[0]).read_text())
+        size = config["model_cfg"]["vision_cfg"].get("image_size", 224)
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+    except (ClipstudioError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 224
 
 
 def embedded_checkpoint(name: str) -> Path:
@@ -104,6 +144,9 @@ def resolve_clip_spec(spec: str, weights_dir: str | None = None) -> ClipSpec:
     _register_configs()
     if spec in embedded.embedded_models("clip"):
         return ClipSpec(spec, str(embedded_checkpoint(spec)))
+    if spec.startswith(HUB_PREFIX):  # open_clip reads the repo's folder as a local-dir model
+        folder = _hub_folder(spec)
+        return ClipSpec(f"local-dir:{folder}", str(folder))
     arch, _, tag = spec.partition(":")
     if arch not in open_clip.list_models():
         path = Path(spec)
@@ -202,6 +245,8 @@ def _create_model(resolved: ClipSpec, device: str, seed: int | None = None) -> n
         # OpenAI's released files are TorchScript archives, which weights_only loading refuses; open_clip
         # reads them with torch.jit.load (no unpickling of arbitrary objects) and rebuilds the model.
         return open_clip.load_openai_model(resolved.checkpoint, device=device, jit=False)
+    if resolved.arch.startswith("local-dir:"):
+        return open_clip.create_model(resolved.arch, device=device)
     if resolved.checkpoint is None:
         # Random weights come from their own seeded generator, not from whatever the global RNG holds when
         # the model is first loaded; drawn on the CPU so every device gets the same model.

@@ -1,7 +1,9 @@
 """Does CLIP-guided generation draw what the prompt says? Pass rate by the colour-and-geometry check,
-the independent evaluator CLIP's score, and time per image, over seeded canonical-grammar prompts."""
+the independent evaluator CLIP's score, the over-optimization gap and time per image, over seeded
+canonical-grammar prompts."""
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,6 +26,19 @@ EVALUATOR_CLIP = "shapes-eval"
 def evaluator_scores(images: Sequence[Image.Image], prompts: Sequence[str], model: str = EVALUATOR_CLIP) -> list[float]:
     """Cosine similarity of each image to its prompt under the evaluator CLIP (never the guide)."""
     return score_images(images, prompts, model)
+
+
+def spherical_from_cosine(cosine: float) -> float:
+    """The guidance loss's squared great-circle distance ``2*arcsin(|a-b|/2)^2`` of two unit vectors with this
+    cosine similarity (``|a-b|^2 = 2 - 2 cos``; Crowson's VQGAN+CLIP)."""
+    return 2 * math.asin(min(1.0, math.sqrt(max(0.0, 2 - 2 * cosine)) / 2)) ** 2
+
+
+def guide_distances(images: Sequence[Image.Image], prompts: Sequence[str], clips: Sequence[str]) -> list[float]:
+    """Spherical distance of each whole image to its prompt under the guides (their mean, as an ensemble's
+    loss is): what the optimizer drives down."""
+    per_guide = [score_images(images, prompts, clip) for clip in clips]
+    return [float(np.mean([spherical_from_cosine(c) for c in cosines])) for cosines in zip(*per_guide)]
 
 
 def reference_image(prompt: str, size: int, seed: int = 0) -> Image.Image:
@@ -54,6 +69,12 @@ class AdherenceReport:
             "evaluator_score": float(np.mean([r["evaluator"] for r in self.rows])) if self.rows else 0.0,
             "evaluator_score_reference": float(np.mean([r["evaluator_reference"] for r in self.rows]))
             if self.rows else 0.0,
+            # Guide distance of the generated image minus that of a true render: below zero, the optimizer
+            # found images the guide prefers to the truth (over-optimization, adversarial texture).
+            "guide_distance": float(np.mean([r["guide_distance"] for r in self.rows])) if self.rows else 0.0,
+            "guide_distance_reference": float(np.mean([r["guide_distance_reference"] for r in self.rows]))
+            if self.rows else 0.0,
+            "over_optimization_gap": float(np.mean([r["gap"] for r in self.rows])) if self.rows else 0.0,
         }
 
 
@@ -65,14 +86,17 @@ def evaluate_generation(prompts: Sequence[str], seeds: Sequence[int] = (0,), sav
     for prompt in prompts:
         for seed in seeds:
             start = time.perf_counter()
-            result = Studio(recipe_config(recipe, prompt, seed=seed, **options)).run()
+            config = recipe_config(recipe, prompt, seed=seed, **options)
+            result = Studio(config).run()
             seconds = time.perf_counter() - start
             check = check_image(result.image, prompt)
             reference = reference_image(prompt, result.image.size[0], seed)
             score, ref_score = evaluator_scores([result.image, reference], [prompt, prompt])
+            distance, ref_distance = guide_distances([result.image, reference], [prompt, prompt], config.clip)
             report.rows.append({"prompt": prompt, "seed": seed, "form": parse_caption(prompt).form,
                                 "passed": check.passed, "failures": check.failures, "seconds": seconds,
-                                "evaluator": score, "evaluator_reference": ref_score})
+                                "evaluator": score, "evaluator_reference": ref_score, "guide_distance": distance,
+                                "guide_distance_reference": ref_distance, "gap": distance - ref_distance})
             if save_dir:
                 tag = "ok" if check.passed else "FAIL"
                 result.save(f"{save_dir}/{len(report.rows):03d}-{tag}-{prompt.replace(' ', '_')}.png")
