@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-WHATS = ('clip', 'diffusion')
+WHATS = ('clip', 'diffusion', 'reward')
 
 
 def register(sub: argparse._SubParsersAction) -> None:
