@@ -262,3 +262,58 @@ def test_corrupt_resume_state_is_one_line(tmp_path, tiny_ckpt, toy_rewards):
     cfg.resume, cfg.steps = True, 4
     with pytest.raises(ClipstudioError, match="--resume: .* was trained with --seed 99"):
         quiet(cfg)
+
+
+def test_compare_takes_another_embedded_diffusion_model_as_a_method(tmp_path, monkeypatch):
+    from clipstudio import embedded
+    from clipstudio.diffusion.config import DiffuseConfig
+    from clipstudio.worlds.shapes import compare as C
+    from diffusion_fixtures import TINY_MODEL, write_tiny_world
+    monkeypatch.setenv("CLIPSTUDIO_WORLDS", str(write_tiny_world(tmp_path / "world")))
+    embedded.worlds.cache_clear()
+    try:
+        plan = C.plan_compare(["a red circle on a blue background"], [0], ["cfg-diffusion", f"cfg-diffusion:{TINY_MODEL}"],
+                              diffuse=DiffuseConfig(model="shapes-diffusion", steps=2))
+        assert plan.runs["cfg-diffusion"][0]["model"] == "shapes-diffusion"
+        assert plan.runs[f"cfg-diffusion:{TINY_MODEL}"][0]["model"] == TINY_MODEL
+        made = C._run_method(f"cfg-diffusion:{TINY_MODEL}", plan.runs[f"cfg-diffusion:{TINY_MODEL}"], 0)
+        assert made["images"][0].shape == (32, 32, 3)
+        with pytest.raises(ClipstudioError, match="unknown embedded model 'nope'"):
+            C.plan_compare(["a red circle on a blue background"], [0], ["cfg-diffusion:nope"], diffuse=DiffuseConfig())
+    finally:
+        monkeypatch.undo()
+        embedded.worlds.cache_clear()
+
+
+def test_colour_spread_counts_distinct_object_colours(tiny_ckpt, tmp_path, monkeypatch):
+    from clipstudio.worlds.shapes.diffusion_model import load_shapes_backend
+    spread = TR.colour_spread(load_shapes_backend(tiny_ckpt), n=4, steps=2)
+    assert spread["n"] == 4 and spread["distinct"] == len(spread["counts"]) and sum(spread["counts"].values()) <= 4
+    monkeypatch.setattr(TR, "object_colours", lambda images, background="white": ["red", "blue", None, "red"])
+    assert TR.colour_spread(load_shapes_backend(tiny_ckpt), n=4, steps=2)["counts"] == {"blue": 1, "red": 2}
+    out = tmp_path / "figures.json"
+    code = cli_main(["eval", "diffusion", "--checkpoint", tiny_ckpt, "--prompts", "0", "--sweep", "",
+                     "--negative-seeds", "0", "--colour-seeds", "4", "--steps", "2", "--json", str(out)])
+    assert code == 0 and json.loads(out.read_text())["colour_spread"]["distinct"] == 2
+
+
+def test_over_optimization_onset_and_the_figure(tmp_path):
+    def pt(step, guide, rate):
+        return {"step": step, "guide_reward": guide, "eval_score": 0.9, "pass_rate": rate, "diversity": 0.2}
+    rising = [pt(0, 0.90, 0.90), pt(10, 0.91, 0.95), pt(20, 0.93, 0.92), pt(30, 0.95, 0.85)]
+    assert TR.over_optimization_onset(rising) == 10
+    assert TR.over_optimization_onset([pt(0, 0.90, 0.90), pt(10, 0.91, 0.95), pt(20, 0.90, 0.92)]) is None
+    assert TR.over_optimization_onset([pt(0, 0.9, 0.9), pt(10, 0.95, 0.97)]) is None
+    assert TR.over_optimization_onset([]) is None
+    path = tmp_path / "curve.png"
+    assert TR.plot_curve({"a": rising, "b": rising[:2]}, path) == 10
+    from PIL import Image
+    assert Image.open(path).size[0] > 300
+
+
+def test_plot_with_bad_item_is_one_line(tmp_path):
+    code, err = train_cli(["--plot", tmp_path / "c.png", "--plot-with", "nolabel", "--out", tmp_path / "x.pt"])
+    assert code == 2 and "--plot-with takes LABEL=CURVE.json" in err and len(err.splitlines()) == 1
+    code, err = train_cli(["--plot", tmp_path / "c.png", "--plot-with", f"a={tmp_path / 'none.json'}",
+                           "--out", tmp_path / "x.pt"])
+    assert code == 2 and "cannot read a curve" in err

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--sweep", default="1,2,4,8", help="guidance weights for the sweep ('': skip)")
     parser.add_argument("--sweep-prompts", type=int, default=50)
     parser.add_argument("--negative-seeds", type=int, default=64, help="images per arm of the negative test (0: skip)")
+    parser.add_argument("--colour-seeds", type=int, default=0,
+                        help="images of 'a circle on a white background' whose distinct object colours are counted "
+                             "(the diversity check of reward fine-tuning; 0: skip)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=None, help="CFG weight of the pass rate (default: the model's)")
     parser.add_argument("--guidance-rescale", type=float, default=None,
@@ -44,7 +47,7 @@ def parse_sweep(text: str) -> list[float]:
 
 def validate(args: argparse.Namespace) -> list[float]:
     """Every option checked before the model loads; returns the sweep weights."""
-    for name in ("prompts", "sweep_prompts", "negative_seeds"):
+    for name in ("prompts", "sweep_prompts", "negative_seeds", "colour_seeds"):
         if getattr(args, name) < 0:
             raise ClipstudioError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     if args.steps < 1:
@@ -77,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
     figures = evaluate(backend, prompts=args.prompts, sweep=sweep, sweep_prompts=args.sweep_prompts,
                        negative_seeds=args.negative_seeds, steps=args.steps, guidance=args.guidance,
                        guidance_rescale=args.guidance_rescale)
+    if args.colour_seeds:
+        from ..worlds.shapes.train_reward import colour_spread
+
+        spread = colour_spread(backend, n=args.colour_seeds, guidance=args.guidance, steps=args.steps)
+        figures["colour_spread"] = spread
+        print(f"'{spread['prompt']}': {spread['distinct']} distinct object colours over {spread['n']} seeds "
+              f"{spread['counts']}")
     figures = {"model": args.checkpoint or args.model, **figures}
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(figures, indent=2).encode()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ClipstudioError
 from ._options import add_dataclass_options, add_threads_option, apply_threads, typed_settings
 
 HELPS = {
@@ -47,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "where it starts to please the reward rather than the checker.")
     add_dataclass_options(parser, RewardTrainConfig, helps=HELPS, types=OPTIONAL_TYPES,
                           choices={"method": METHODS, "reward": list_rewards()})
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also draw the curve (of this run, and of --plot-with runs) as one figure")
+    parser.add_argument("--plot-with", action="append", default=None, metavar="LABEL=CURVE.json",
+                        help="another run's curve JSON to draw beside this one (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_option(parser)
     parser.set_defaults(run=run)
@@ -69,13 +74,36 @@ def command_line(settings: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..worlds.shapes.train_reward import RewardTrainConfig, train
+    from ..images import check_writable
+    from ..worlds.shapes.train_reward import RewardTrainConfig, plot_curve, train
 
     apply_threads(args.threads)
     settings = typed_settings(args, RewardTrainConfig)
     config = RewardTrainConfig(**settings).validate()
+    others = read_other_curves(args.plot_with or [])
+    if args.plot:
+        check_writable(args.plot)
     summary = train(config, progress=not args.no_progress, command=command_line(settings))
     best = summary["best"]
     print(f"saved {config.out} at step {summary['step']} ({summary['train_seconds']:.0f} s); best curve point: "
           f"step {best['step']}, pass rate {best['pass_rate']:.3f} -> {config.best_path}")
+    if args.plot:
+        onset = plot_curve({f"{config.method} / {config.reward}": summary["curve"], **others}, args.plot)
+        print(f"wrote {args.plot}" + (f"; over-optimization after step {onset}" if onset is not None else ""))
     return 0
+
+
+def read_other_curves(items: list[str]) -> dict:
+    """LABEL=CURVE.json options -> {label: curve points}; a bad item is one line of error."""
+    import json
+
+    curves = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ClipstudioError(f"--plot-with takes LABEL=CURVE.json, got '{item}'")
+        try:
+            curves[label] = json.loads(open(path).read())["curve"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ClipstudioError(f"--plot-with: cannot read a curve from {path} ({type(e).__name__})") from None
+    return curves

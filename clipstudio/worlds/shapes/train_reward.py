@@ -627,3 +627,54 @@ def train(config: RewardTrainConfig, *, progress: bool = True, command: Optional
         _save(run, command)
     return {"step": run.step, "train_seconds": run.elapsed, "curve": run.curve, "best": run.best,
             "reward": float(np.mean([h["reward"] for h in run.history[-20:]])) if run.history else None}
+
+
+# --------------------------------------------------------------------------- the figure
+
+def over_optimization_onset(curve: Sequence[dict]) -> Optional[int]:
+    """The step after which the guide reward still rises while the pass rate never again reaches its best:
+    the first best-pass-rate point, if a later point has a higher guide reward and a lower pass rate (else None)."""
+    if not curve:
+        return None
+    best = max(range(len(curve)), key=lambda i: (curve[i]["pass_rate"], -i))
+    later = curve[best + 1:]
+    cheated = any(p["guide_reward"] > curve[best]["guide_reward"] and p["pass_rate"] < curve[best]["pass_rate"]
+                  for p in later)
+    return int(curve[best]["step"]) if cheated else None
+
+
+def plot_curve(curves: dict[str, Sequence[dict]], path: str | os.PathLike, title: str = "") -> Optional[int]:
+    """One PNG with four panels (guide reward, shapes-eval score, check pass rate, diversity) against the
+    fine-tuning step, one line per run, and a dashed line where over-optimization starts; returns that step
+    for the first run (matplotlib is imported here only)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ClipstudioError("plotting the curve needs matplotlib: pip install matplotlib") from None
+    from clipstudio.images import atomic_write
+    panels = [("guide_reward", "guide reward (shapes-guide cosine)"), ("eval_score", "independent evaluator (shapes-eval)"),
+              ("pass_rate", "colour-and-geometry pass rate"), ("diversity", "diversity (mean pairwise RMS)")]
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
+    onsets = {}
+    for label, curve in curves.items():
+        steps = [p["step"] for p in curve]
+        for ax, (key, _) in zip(axes.flat, panels):
+            ax.plot(steps, [p[key] for p in curve], marker="o", ms=3, label=label)
+        onsets[label] = over_optimization_onset(curve)
+    for ax, (_, name) in zip(axes.flat, panels):
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        for label, onset in onsets.items():
+            if onset is not None:
+                ax.axvline(onset, ls="--", color="grey", lw=1)
+    for ax in axes[1]:
+        ax.set_xlabel("fine-tuning step")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title or "reward fine-tuning: guide reward vs the independent judges (dashed: the judge's best; "
+                 "later the guide reward still rises while pass rate falls)", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+    plt.close(fig)
+    return next(iter(onsets.values()), None)
