@@ -317,3 +317,32 @@ def test_plot_with_bad_item_is_one_line(tmp_path):
     code, err = train_cli(["--plot", tmp_path / "c.png", "--plot-with", f"a={tmp_path / 'none.json'}",
                            "--out", tmp_path / "x.pt"])
     assert code == 2 and "cannot read a curve" in err
+
+
+def test_hard_negatives_change_one_attribute():
+    negatives = TR.hard_negatives("a white triangle to the left of a black circle on a blue background")
+    assert "a black circle to the left of a white triangle on a blue background" in negatives
+    assert "a white triangle above a black circle on a blue background" in negatives
+    assert "a white square to the left of a black circle on a blue background" in negatives
+    assert "a white triangle to the left of a black circle on a blue background" not in negatives
+    assert TR.hard_negatives("a large red circle on a white background").count(
+        "a small red circle on a white background") == 1
+    from clipstudio.worlds.shapes.captions import parse_caption
+    for n in negatives:
+        parse_caption(n)                                       # every near miss is a caption of the grammar
+
+
+def test_guide_rewards_prefer_the_right_picture():
+    import numpy as np
+    from clipstudio.worlds.shapes.render import render, sample_scene
+    from clipstudio.worlds.shapes.captions import canonical_caption
+    rng = np.random.default_rng(4)
+    scenes = [sample_scene(rng, "plain") for _ in range(2)]
+    images = torch.stack([torch.from_numpy(render(s, 64)).permute(2, 0, 1).float() / 255 for s in scenes])
+    right = [canonical_caption(s) for s in scenes]
+    for name in ("shapes-guide", "shapes-guide-contrast"):
+        reward = TR.REWARDS[name].make()
+        assert (reward(images, right) > reward(images, right[::-1])).all(), name
+    images.requires_grad_(True)
+    TR.REWARDS["shapes-guide-contrast"].make()(images, right).sum().backward()
+    assert images.grad.abs().sum() > 0

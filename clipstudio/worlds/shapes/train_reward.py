@@ -285,6 +285,55 @@ def clip_reward(clip: str) -> Callable:
     return reward
 
 
+def hard_negatives(prompt: str) -> list[str]:
+    """Captions of the grammar that differ from ``prompt`` in one attribute: each colour, shape, size or position
+    word swapped for each other value, and for two objects, the relation flipped and the objects swapped."""
+    from clipstudio.worlds.shapes.render import COLOURS, POSITIONS, SHAPES, SIZE_BANDS
+    words = prompt.split()
+    negatives = []
+    for i, word in enumerate(words):
+        for values in (COLOURS, SHAPES, tuple(SIZE_BANDS), tuple(POSITIONS)):
+            if word in values:
+                negatives += [" ".join(words[:i] + [v] + words[i + 1:]) for v in values if v != word]
+    for relation, other in ((" to the left of ", " above "), (" above ", " to the left of ")):
+        if relation in prompt:
+            first, rest = prompt.split(relation)
+            second, _, background = rest.partition(" on ")
+            negatives.append(f"{first}{other}{rest}")
+            negatives.append(f"{second}{relation}{first} on {background}")
+    return [n for n in dict.fromkeys(negatives) if n != prompt and _is_caption(n)]
+
+
+def _is_caption(text: str) -> bool:
+    """Whether a text is a caption of the world's grammar (a near miss may paint an object the background's colour)."""
+    from clipstudio.worlds.shapes.captions import parse_caption
+    try:
+        parse_caption(text)
+    except ValueError:
+        return False
+    return True
+
+
+def contrast_reward(clip: str) -> Callable:
+    """log p(prompt | image) against the prompt's :func:`hard_negatives` under an embedded CLIP, a softmax over
+    its scaled cosines (CLIP as a zero-shot classifier, Radford et al. 2021); differentiable. It rewards the
+    attributes that tell the prompt from its near misses rather than a high cosine as such."""
+    from clipstudio.guide.clip import load_clip
+    guide = load_clip(clip)
+    scale = float(guide.model.logit_scale.exp()) if hasattr(guide.model, "logit_scale") else 100.0
+    texts: dict[str, torch.Tensor] = {}
+
+    def reward(images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        for p in dict.fromkeys(prompts):
+            if p not in texts:                    # row 0 the prompt, then its negatives, one text at a time
+                texts[p] = torch.stack([guide.encode_text([t])[0] for t in [p] + hard_negatives(p)])
+        small = torch.nn.functional.interpolate(images, size=(guide.image_size,) * 2, mode="bicubic",
+                                                antialias=True).clamp(0, 1)
+        embeds = guide.encode_image(small)
+        return torch.stack([torch.log_softmax(scale * texts[p] @ e, dim=0)[0] for p, e in zip(prompts, embeds)])
+    return reward
+
+
 def check_reward() -> Callable:
     """1 where the colour-and-geometry checker passes the image for its prompt, else 0 (a black box)."""
     from clipstudio.worlds.shapes.check import check_image
@@ -298,6 +347,8 @@ def check_reward() -> Callable:
 
 REWARDS: dict[str, Reward] = {
     "shapes-guide": Reward(lambda: clip_reward("shapes-guide"), True, "cosine with the prompt under the guide CLIP"),
+    "shapes-guide-contrast": Reward(lambda: contrast_reward("shapes-guide"), True,
+                                    "log-probability of the prompt against its one-attribute near misses, guide CLIP"),
     "check": Reward(check_reward, False, "colour-and-geometry checker pass (1) or fail (0); not differentiable"),
 }
 
