@@ -35,7 +35,7 @@ HELPS = {
     "state": "full training state for --resume (None: OUT.state)",
     "curve": "the curve as JSON (None: OUT.curve.json)",
     "resume": "continue from --state if it exists",
-    "max_minutes": "stop (and save) after this much training",
+    "max_minutes": "stop (and save) after this many wall-clock minutes of this invocation (curve included)",
     "stop_after": "stop (and save) at this step; --resume later",
 }
 

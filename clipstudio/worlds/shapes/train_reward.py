@@ -51,7 +51,8 @@ class RewardTrainConfig:
     the attention projections; ``rwr_samples`` images per prompt and temperature ``rwr_beta`` for ``--method
     rwr``; every ``eval_every`` steps the curve is measured on ``curve_prompts`` held-out prompts at
     ``curve_guidance`` with ``curve_steps`` DDIM steps (diversity over ``diversity_seeds`` seeds of the first
-    ``diversity_prompts`` of them and the free-colour prompt). ``state`` defaults to OUT.state, ``curve`` to
+    ``diversity_prompts`` of them and the free-colour prompt). ``max_minutes`` is wall-clock time of this
+    invocation, curve points included; ``stop_after`` a step. ``state`` defaults to OUT.state, ``curve`` to
     OUT.curve.json; the best curve point (check pass rate, then guide reward) is also written to OUT.best.pt.
     """
     model: str = "shapes-diffusion"
@@ -654,7 +655,7 @@ def train(config: RewardTrainConfig, *, progress: bool = True, command: Optional
     if run.step == 0 and not run.curve:
         _measure_curve(run, command, log)
     bar = tqdm(total=config.steps, initial=run.step, desc=f"reward {config.method}", disable=not progress)
-    t_last = time.perf_counter()
+    t_last = t_start = time.perf_counter()
     while run.step < config.steps:
         entry = _train_step(run)
         run.history.append(entry)
@@ -667,7 +668,7 @@ def train(config: RewardTrainConfig, *, progress: bool = True, command: Optional
             _measure_curve(run, command, log)
         t_last = time.perf_counter()
         stop = (config.stop_after is not None and run.step >= config.stop_after) or \
-            (config.max_minutes is not None and run.elapsed > config.max_minutes * 60)
+            (config.max_minutes is not None and time.perf_counter() - t_start > config.max_minutes * 60)
         if run.step % config.save_every == 0 or run.step == config.steps or stop:
             _save(run, command)
         if stop and run.step < config.steps:
