@@ -48,7 +48,7 @@ def tiny_ckpt(tmp_path):
 
 
 def config(tmp_path, tiny_ckpt, **kw):
-    base = dict(checkpoint=tiny_ckpt, steps=4, batch=3, lr=1e-3, sample_steps=3, grad_steps=1, eval_every=2,
+    base = dict(checkpoint=tiny_ckpt, steps=4, batch=3, lr=1e-3, sample_steps=3, grad_steps=1, eval_every=4,
                 curve_prompts=3, curve_steps=2, diversity_prompts=1, diversity_seeds=2, train_prompts=30,
                 guidance=[3.0], out=str(tmp_path / "r.pt"), save_every=2)
     base.update(kw)
@@ -239,6 +239,7 @@ def train_cli(argv):
     (["--grad-steps", "0"], "--grad-steps must be in 1..--sample-steps"),
     (["--grad-steps", "30", "--sample-steps", "20"], "--grad-steps must be in"),
     (["--batch", "0"], "--batch must be a positive integer"),
+    (["--batch", "9", "--train-prompts", "8"], "--batch (9) cannot exceed --train-prompts (8)"),
     (["--lr", "nan"], "--lr must be"),
     (["--guidance", "abc"], "--guidance must be a number"),
     (["--guidance", "-1"], "--guidance must be a finite number >= 0"),

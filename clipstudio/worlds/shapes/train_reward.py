@@ -107,6 +107,8 @@ class RewardTrainConfig:
         if not 0 < self.grad_steps <= self.sample_steps and self.method == "draft":
             raise ClipstudioError(f"--grad-steps must be in 1..--sample-steps ({self.sample_steps}), "
                                   f"got {self.grad_steps}")
+        if self.batch > self.train_prompts:
+            raise ClipstudioError(f"--batch ({self.batch}) cannot exceed --train-prompts ({self.train_prompts})")
         self.guidance = [_finite(g, "--guidance", 0) for g in self.guidance]
         if not self.guidance:
             raise ClipstudioError("--guidance needs at least one weight")
