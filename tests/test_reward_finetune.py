@@ -307,7 +307,10 @@ def test_over_optimization_onset_and_the_figure(tmp_path):
     assert TR.over_optimization_onset([pt(0, 0.9, 0.9), pt(10, 0.95, 0.97)]) is None
     assert TR.over_optimization_onset([]) is None
     path = tmp_path / "curve.png"
-    assert TR.plot_curve({"a": rising, "b": rising[:2]}, path) == 10
+    history = [{"step": i, "reward": 0.9 + i / 1000} for i in range(30)]
+    assert TR.windowed_rewards(history, 10) == ([10, 20, 30], [pytest.approx(0.9045), pytest.approx(0.9145),
+                                                               pytest.approx(0.9245)])
+    assert TR.plot_curve({"a": rising, "b": rising[:2]}, path, histories={"a": history}, window=10) == 10
     from PIL import Image
     assert Image.open(path).size[0] > 300
 

@@ -88,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved {config.out} at step {summary['step']} ({summary['train_seconds']:.0f} s); best curve point: "
           f"step {best['step']}, pass rate {best['pass_rate']:.3f} -> {config.best_path}")
     if args.plot:
-        onset = plot_curve({f"{config.method} / {config.reward}": summary["curve"], **others}, args.plot)
+        label = f"{config.method} / {config.reward} / lr {config.lr:g}"
+        histories = {label: summary["history"]} if config.reward == "shapes-guide" else None
+        onset = plot_curve({label: summary["curve"], **others}, args.plot, histories=histories,
+                           window=config.eval_every)
         print(f"wrote {args.plot}" + (f"; over-optimization after step {onset}" if onset is not None else ""))
     return 0
 

@@ -680,6 +680,7 @@ def train(config: RewardTrainConfig, *, progress: bool = True, command: Optional
     if run.step == 0 or run.step % config.save_every:
         _save(run, command)
     return {"step": run.step, "train_seconds": run.elapsed, "curve": run.curve, "best": run.best,
+            "history": run.history,
             "reward": float(np.mean([h["reward"] for h in run.history[-20:]])) if run.history else None}
 
 
@@ -697,10 +698,21 @@ def over_optimization_onset(curve: Sequence[dict]) -> Optional[int]:
     return int(curve[best]["step"]) if cheated else None
 
 
-def plot_curve(curves: dict[str, Sequence[dict]], path: str | os.PathLike, title: str = "") -> Optional[int]:
+def windowed_rewards(history: Sequence[dict], window: int) -> tuple[list[int], list[float]]:
+    """(end step, mean training reward) of each ``window`` consecutive steps of a run's history."""
+    ends, means = [], []
+    for i in range(0, len(history) - window + 1, window):
+        ends.append(int(history[i + window - 1]["step"]) + 1)
+        means.append(float(np.mean([h["reward"] for h in history[i:i + window]])))
+    return ends, means
+
+
+def plot_curve(curves: dict[str, Sequence[dict]], path: str | os.PathLike, title: str = "",
+               histories: Optional[dict[str, Sequence[dict]]] = None, window: int = 20) -> Optional[int]:
     """One PNG with four panels (guide reward, shapes-eval score, check pass rate, diversity) against the
     fine-tuning step, one line per run, and a dashed line where over-optimization starts; returns that step
-    for the first run (matplotlib is imported here only)."""
+    for the first run (matplotlib is imported here only). ``histories`` (label: per-step log of a run whose
+    reward is the guide's cosine) add its training reward, averaged over ``window`` steps, dotted."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -717,6 +729,9 @@ def plot_curve(curves: dict[str, Sequence[dict]], path: str | os.PathLike, title
         for ax, (key, _) in zip(axes.flat, panels):
             ax.plot(steps, [p[key] for p in curve], marker="o", ms=3, label=label)
         onsets[label] = over_optimization_onset(curve)
+    for label, history in (histories or {}).items():
+        ends, means = windowed_rewards(history, window)
+        axes[0, 0].plot(ends, means, ls=":", label=f"{label}: training reward, {window}-step mean")
     for ax, (_, name) in zip(axes.flat, panels):
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
