@@ -740,10 +740,13 @@ def plot_curve(curves: dict[str, Sequence[dict]], path: str | os.PathLike, title
                 ax.axvline(onset, ls="--", color="grey", lw=1)
     for ax in axes[1]:
         ax.set_xlabel("fine-tuning step")
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(title or "reward fine-tuning: guide reward vs the independent judges (dashed: the judge's best; "
-                 "later the guide reward still rises while pass rate falls)", fontsize=9)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    marked = [f"{label}: step {onset}" for label, onset in onsets.items() if onset is not None]
+    note = ("dashed: the pass rate's best, after which the guide reward still rises while the pass rate falls ("
+            + "; ".join(marked) + ")") if marked else "no point where the guide reward rose while the pass rate fell"
+    fig.suptitle(title or f"reward fine-tuning on held-out prompts; {note}", fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
     return next(iter(onsets.values()), None)
