@@ -73,6 +73,10 @@ cases = [
  ("train clip missing init", ["train", "clip", "--init", "/no/such.pt", "--steps", "1", "--batch", "2", "--out", "c.pt"]),
  ("train diffusion lr nan", ["train", "diffusion", "--lr", "nan", "--steps", "1", "--out", "d.pt"]),
  ("train diffusion lr 1e38", ["train", "diffusion", "--lr", "1e38", "--steps", "1", "--space", "pixel", "--out", "d.pt", "--no-progress"]),
+ ("train reward lr nan", ["train", "reward", "--lr", "nan", "--steps", "1", "--out", "r.pt"]),
+ ("train reward draft on the checker", ["train", "reward", "--reward", "check", "--method", "draft", "--out", "r.pt"]),
+ ("train reward guidance inf", ["train", "reward", "--guidance", "inf", "--out", "r.pt"]),
+ ("train reward missing checkpoint", ["train", "reward", "--checkpoint", "/no/such.pt", "--out", "r.pt"]),
 ]
 def vq(name):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,6 +87,8 @@ cases.append(("from PNG trust_checkpoint evil pickle", ["generate", "--from", pn
 import yaml; (W / "evil.yaml").write_text(yaml.safe_dump(vq("vq2")))
 cases.append(("recipe trust_checkpoint evil pickle", ["generate", "--recipe", str(W / "evil.yaml"), "-o", "a.png", "--quiet"]))
 torch.save({"config": {"seed": 0, "batch": 2}, "x": Evil()}, W / "d2.pt.state")
+torch.save({"config": {"seed": 0}, "x": Evil()}, W / "r2.pt.state")
+cases.append(("train reward resume evil state", ["train", "reward", "--resume", "--state", str(W / "r2.pt.state"), "--out", "r2.pt", "--steps", "1", "--no-progress"]))
 cases.append(("train diffusion resume evil state", ["train", "diffusion", "--resume", "--state", str(W / "d2.pt.state"), "--out", "d2.pt", "--steps", "1", "--batch", "2", "--space", "pixel", "--no-progress"]))
 clean = 0
 for name, argv in cases:

@@ -332,11 +332,15 @@ def test_training_bad_numbers_and_missing_init(tmp_path, capsys):
         (["train", "clip", "--lr", "nan", "--steps", 1, "--batch", 2, "--out", tmp_path / "c.pt"], "--lr must be"),
         (["train", "clip", "--lr", "1e38", "--steps", 1, "--batch", 2, "--out", tmp_path / "c.pt"], "--lr must be"),
         (["train", "diffusion", "--lr", "nan", "--steps", 1, "--out", tmp_path / "d.pt"], "--lr must be"),
+        (["train", "reward", "--lr", "nan", "--steps", 1, "--out", tmp_path / "r.pt"], "--lr must be"),
+        (["train", "reward", "--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "r.pt"],
+         "no diffusion checkpoint at"),
         (["train", "clip", "--init", tmp_path / "none.pt", "--steps", 1, "--batch", 2, "--out", tmp_path / "c.pt"],
          "no checkpoint at"),
     ]:
         assert_one_line(argv, capsys, match)
     assert not (tmp_path / "c.pt").exists() and not (tmp_path / "d.pt").exists()
+    assert not (tmp_path / "r.pt").exists()
 
 
 def test_corrupt_model_config_json_is_one_line(tmp_path, tiny_clip, capsys, monkeypatch):

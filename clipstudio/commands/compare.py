@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("the diffusion half")
     add_dataclass_options(group, DiffuseConfig, helps=DIFFUSE_HELPS, skip=DIFFUSION_FIELDS_SKIPPED,
                           flags={"steps": "diffusion-steps"}, types=OPTIONAL_TYPES)
+    group.add_argument("--extra-model", action="append", default=None,
+                       help="another embedded diffusion model as one more method 'cfg-diffusion:MODEL' "
+                            "(repeatable; e.g. shapes-diffusion-reward)")
     parser.add_argument("--device", default=None, help="device of both halves (default: each one's default)")
     parser.add_argument("--eval-clip", default=DEFAULT_EVALUATOR, help="the CLIP that scores (never the guide)")
     parser.add_argument("--in-process", action="store_true",
@@ -70,7 +73,8 @@ def build_plan(args: argparse.Namespace):
     diffuse = with_default_model(DiffuseConfig.from_dict(diffuse_settings))
     recipe = args.recipe or (None if args.clip else C.WORLD_RECIPE)
     methods = [f"clip-guided:{g}" for g in args.generator] if args.generator else ["clip-guided"]
-    return C.plan_compare(prompts, list(range(args.seeds)), methods + ["cfg-diffusion"], recipe=recipe,
+    methods += ["cfg-diffusion"] + [f"cfg-diffusion:{m}" for m in args.extra_model or ()]
+    return C.plan_compare(prompts, list(range(args.seeds)), methods, recipe=recipe,
                           clip_overrides=overrides, diffuse=diffuse, evaluator=args.eval_clip)
 
 

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--sampler", default=None, help="a sampler fitting the model (default: the model's)")
     parser.add_argument("--steps-sweep", default="",
                         help="step counts, e.g. 5,10,25,50: pass rate and seconds per image on the --prompts set")
+    parser.add_argument("--colour-seeds", type=int, default=0,
+                        help="images of 'a circle on a white background' whose distinct object colours are counted "
+                             "(the diversity check of reward fine-tuning; 0: skip)")
     parser.add_argument("--guidance", type=float, default=None, help="CFG weight of the pass rate (default: the model's)")
     parser.add_argument("--guidance-rescale", type=float, default=None,
                         help="phi of Lin et al.'s guidance rescale for the pass rate and the sweep (default: the model's)")
@@ -47,7 +50,7 @@ def parse_sweep(text: str) -> list[float]:
 
 def validate(args: argparse.Namespace) -> list[float]:
     """Every option checked before the model loads; returns the sweep weights."""
-    for name in ("prompts", "sweep_prompts", "negative_seeds"):
+    for name in ("prompts", "sweep_prompts", "negative_seeds", "colour_seeds"):
         if getattr(args, name) < 0:
             raise ClipstudioError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     if args.steps is not None and args.steps < 1:
@@ -87,6 +90,13 @@ def run(args: argparse.Namespace) -> int:
     figures = evaluate(backend, prompts=args.prompts, sweep=sweep, sweep_prompts=args.sweep_prompts,
                        negative_seeds=args.negative_seeds, steps=args.steps, guidance=args.guidance,
                        guidance_rescale=args.guidance_rescale, sampler=args.sampler, steps_sweep=args.steps_sweep)
+    if args.colour_seeds:
+        from ..worlds.shapes.train_reward import colour_spread
+
+        spread = colour_spread(backend, n=args.colour_seeds, guidance=args.guidance, steps=figures["steps"])
+        figures["colour_spread"] = spread
+        print(f"'{spread['prompt']}': {spread['distinct']} distinct object colours over {spread['n']} seeds "
+              f"{spread['counts']}")
     figures = {"model": args.checkpoint or args.model, **figures}
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(figures, indent=2).encode()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-WHATS = ('clip', 'diffusion', 'robust')
+WHATS = ('clip', 'diffusion', 'robust', 'reward')
 
 
 def register(sub: argparse._SubParsersAction) -> None:

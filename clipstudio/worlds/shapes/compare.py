@@ -24,7 +24,7 @@ from clipstudio.diffusion.config import DiffuseConfig
 from clipstudio.errors import ClipstudioError
 
 WORLD_RECIPE = "shapes"  # the CLIP-guided side runs the world's default recipe unless told otherwise
-METHODS = ("clip-guided", "cfg-diffusion")
+METHODS = ("clip-guided", "cfg-diffusion")       # 'clip-guided:GENERATOR' and 'cfg-diffusion:MODEL' also
 DEFAULT_EVALUATOR = "shapes-eval"
 
 
@@ -43,9 +43,11 @@ def clip_generator(method: str) -> Optional[str]:
     """The generator of a 'clip-guided:GENERATOR' method (None: the recipe's); a one-line error if unknown."""
     from clipstudio.generators import list_generators
     base, _, generator = method.partition(":")
-    if base not in METHODS or (generator and base != "clip-guided"):
-        raise ClipstudioError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)} "
-                              f"or clip-guided:GENERATOR")
+    if base not in METHODS:
+        raise ClipstudioError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)}, "
+                              f"clip-guided:GENERATOR or cfg-diffusion:MODEL")
+    if base == "cfg-diffusion":
+        return None
     if generator and generator not in list_generators():
         raise ClipstudioError(f"unknown generator '{generator}' in method '{method}'; "
                               f"choose one of: {', '.join(list_generators())}")
@@ -89,8 +91,10 @@ def plan_compare(prompts: Sequence[str], seeds: Sequence[int], methods: Sequence
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         generator = clip_generator(method)
-        if method == "cfg-diffusion":
+        if method.partition(":")[0] == "cfg-diffusion":
             base = (diffuse or DiffuseConfig()).replace(n=1, scale=1)
+            if method.partition(":")[2]:                  # 'cfg-diffusion:MODEL': another embedded model
+                base = base.replace(model=method.partition(":")[2], pipeline=None)
             if not base.model and not base.pipeline:
                 raise ClipstudioError("the cfg-diffusion method needs an embedded --model or a --pipeline")
             if base.model:
@@ -109,7 +113,7 @@ def _run_method(method: str, runs: Sequence[dict[str, Any]], threads: int) -> di
     import torch
     if threads:
         torch.set_num_threads(threads)
-    if method == "cfg-diffusion":
+    if method.partition(":")[0] == "cfg-diffusion":
         make = _diffusion_maker(runs[0])
     else:
         make = _clip_guided_image
