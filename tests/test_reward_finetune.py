@@ -247,6 +247,7 @@ def train_cli(argv):
     (["--anchor", "inf"], "--anchor must be a finite number"),
     (["--model", "no-such-model"], "unknown embedded model 'no-such-model'"),
     (["--checkpoint", "/no/such.pt"], "no diffusion checkpoint at /no/such.pt"),
+    (["--model", "shapes-flow", "--steps", "1"], "is a flow-matching model; reward fine-tuning needs"),
 ])
 def test_bad_input_is_one_line(argv, message, tmp_path):
     code, err = train_cli([*argv, "--out", tmp_path / "x.pt", "--no-progress"])

@@ -228,6 +228,9 @@ def load_parts(path: str | os.PathLike) -> ShapesParts:
         raise
     except Exception as e:
         raise ClipstudioError(f"could not load diffusion checkpoint {path}: {type(e).__name__}") from None
+    if ck.get("prediction") == "flow":      # its DDIM sampler and denoising loss are the DDPM family's
+        raise ClipstudioError(f"{path} is a flow-matching model; reward fine-tuning needs an epsilon or "
+                              "v_prediction model such as shapes-diffusion")
     saved = ck.get("scheduler_config", {})
     sched = {**SM.SCHEDULER_CONFIG, **{k: saved[k] for k in SM.TRAINING_SCHEDULER_KEYS if k in saved}}
     abar = DDPMScheduler(**sched).alphas_cumprod.float()
