@@ -91,3 +91,20 @@ def apply_threads(n: int) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def command_line(command: str, settings: dict) -> str:
+    """The shell command ``clipstudio COMMAND`` with these typed settings, which reruns them (a model card
+    records it). Booleans become ``--flag``/``--no-flag``, lists one ``--flag item`` per item."""
+    import shlex
+    words = ["clipstudio", *command.split()]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)

@@ -3,9 +3,8 @@ option derives from :class:`clipstudio.worlds.shapes.train_diffusion.DiffusionTr
 from __future__ import annotations
 
 import argparse
-import shlex
 
-from ._options import add_dataclass_options, add_threads_option, apply_threads, typed_settings
+from ._options import add_dataclass_options, add_threads_option, apply_threads, command_line, typed_settings
 
 HELPS = {
     "out": "the shippable checkpoint (a .json sidecar beside it records command, config and progress)",
@@ -37,24 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def command_line(settings: dict) -> str:
-    """The command that reruns these settings (recorded in the checkpoint's sidecar)."""
-    words = ["clipstudio", "train", "diffusion"]
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else f"--no-{flag[2:]}")
-        else:
-            words += [flag, str(value)]
-    return " ".join(shlex.quote(w) for w in words)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..worlds.shapes.train_diffusion import DiffusionTrainConfig, train
 
     apply_threads(args.threads)
     config = DiffusionTrainConfig(**typed_settings(args, DiffusionTrainConfig)).validate()
-    summary = train(config, progress=not args.no_progress, command=command_line(typed_settings(args, DiffusionTrainConfig)))
+    summary = train(config, progress=not args.no_progress, command=command_line("train diffusion", typed_settings(args, DiffusionTrainConfig)))
     print(f"saved {config.out} at step {summary['step']} ({summary['train_seconds']:.0f} s, "
           f"loss {summary['last_loss']:.4f})")
     return 0

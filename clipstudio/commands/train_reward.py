@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ClipstudioError
-from ._options import add_dataclass_options, add_threads_option, apply_threads, typed_settings
+from ._options import add_dataclass_options, add_threads_option, apply_threads, command_line, typed_settings
 
 HELPS = {
     "model": "the embedded diffusion model to start from",
@@ -57,22 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def command_line(settings: dict) -> str:
-    """The command that reruns these settings (recorded in the model card)."""
-    from shlex import quote
-    words = ["clipstudio", "train", "reward"]
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else f"--no-{flag[2:]}")
-        elif isinstance(value, list):
-            for item in value:
-                words += [flag, str(item)]
-        else:
-            words += [flag, str(value)]
-    return " ".join(quote(w) for w in words)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..images import check_writable
     from ..worlds.shapes.train_reward import RewardTrainConfig, plot_curve, train
@@ -83,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     others = read_other_curves(args.plot_with or [])
     if args.plot:
         check_writable(args.plot)
-    summary = train(config, progress=not args.no_progress, command=command_line(settings))
+    summary = train(config, progress=not args.no_progress, command=command_line("train reward", settings))
     best = summary["best"]
     print(f"saved {config.out} at step {summary['step']} ({summary['train_seconds']:.0f} s); best curve point: "
           f"step {best['step']}, pass rate {best['pass_rate']:.3f} -> {config.best_path}")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._options import add_dataclass_options, add_threads_option, apply_threads, typed_settings
-from .train_diffusion import command_line
+from ._options import add_dataclass_options, add_threads_option, apply_threads, command_line, typed_settings
 
 HELPS = {
     "model": "the CLIP to make robust: an embedded name (shapes-guide), NAME:PATH or a checkpoint path",
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     settings = typed_settings(args, RobustTrainConfig)
     config = RobustTrainConfig(**settings).validate()
     apply_threads(args.threads)
-    command = command_line(settings).replace("train diffusion", "train robust", 1)
+    command = command_line("train robust", settings)
     summary = train(config, command=command, progress=not args.quiet)
     summary.pop("history")
     print(json.dumps(summary))
