@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--model", default=None, help="an embedded diffusion model (default: the world's)")
     source.add_argument("--checkpoint", default=None, help="a shapes-diffusion checkpoint file instead")
     parser.add_argument("--prompts", type=int, default=100, help="canonical prompts for the pass rate (0: skip)")
+    parser.add_argument("--prompt-seed", type=int, default=1234, help="seed of the pass rate's prompt set")
     parser.add_argument("--sweep", default="1,2,4,8", help="guidance weights for the sweep ('': skip)")
     parser.add_argument("--sweep-prompts", type=int, default=50)
     parser.add_argument("--negative-seeds", type=int, default=64, help="images per arm of the negative test (0: skip)")
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         backend = load_embedded_backend(args.model, device=device)
     figures = evaluate(backend, prompts=args.prompts, sweep=sweep, sweep_prompts=args.sweep_prompts,
                        negative_seeds=args.negative_seeds, steps=args.steps, guidance=args.guidance,
-                       guidance_rescale=args.guidance_rescale, sampler=args.sampler, steps_sweep=args.steps_sweep)
+                       guidance_rescale=args.guidance_rescale, sampler=args.sampler, steps_sweep=args.steps_sweep,
+                       prompt_seed=args.prompt_seed)
     if args.colour_seeds:
         from ..worlds.shapes.train_reward import colour_spread
 

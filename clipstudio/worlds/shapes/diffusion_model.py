@@ -317,8 +317,8 @@ NEGATIVE_PROMPT = ("a circle on a white background", "red", "white")  # prompt, 
 def evaluate(backend, *, prompts: int = 100, sweep: Sequence[float] = (1.0, 2.0, 4.0, 8.0), sweep_prompts: int = 50,
              negative_seeds: int = 64, steps: Optional[int] = None, guidance: Optional[float] = None,
              guidance_rescale: Optional[float] = None, sampler: Optional[str] = None,
-             steps_sweep: Sequence[int] = (), log=print) -> dict:
-    """The model's figures: check pass rate on ``prompts`` canonical prompts (seed 1234) at ``guidance`` (the
+             steps_sweep: Sequence[int] = (), prompt_seed: int = 1234, log=print) -> dict:
+    """The model's figures: check pass rate on ``prompts`` canonical prompts (``prompt_seed``) at ``guidance`` (the
     model's by default), the pass rate and seconds per image for each step count of ``steps_sweep`` on the same
     prompts, the pass rate per guidance weight of ``sweep`` (prompt seed 99), and how often the object of
     "a circle on a white background" is red without and with the negative prompt "red". ``steps`` and
@@ -332,14 +332,14 @@ def evaluate(backend, *, prompts: int = 100, sweep: Sequence[float] = (1.0, 2.0,
     by_steps: dict[int, dict] = {}
     for n_steps in (steps_sweep if prompts else ()):
         t1 = time.perf_counter()
-        by_steps[n_steps] = check_pass_rate(backend, canonical_prompts(prompts), guidance, n_steps, sampler=sampler,
-                                            guidance_rescale=guidance_rescale)
+        by_steps[n_steps] = check_pass_rate(backend, canonical_prompts(prompts, prompt_seed), guidance, n_steps,
+                                            sampler=sampler, guidance_rescale=guidance_rescale)
         per_image = (time.perf_counter() - t1) / prompts
         out.setdefault("steps_sweep", {})[n_steps] = {"rate": by_steps[n_steps]["rate"], "seconds_per_image": per_image}
         log(f"{n_steps} {sampler} steps: pass rate {by_steps[n_steps]['rate']:.3f} over {prompts} prompts, "
             f"{per_image:.3f} s per image")
     if prompts:              # the same prompts and seeds as the sweep: a swept step count is not sampled twice
-        r = by_steps.get(steps) or check_pass_rate(backend, canonical_prompts(prompts), guidance, steps,
+        r = by_steps.get(steps) or check_pass_rate(backend, canonical_prompts(prompts, prompt_seed), guidance, steps,
                                                    sampler=sampler, guidance_rescale=guidance_rescale)
         out["pass_rate"] = r
         log(f"check pass rate at w={out['guidance']}: {r['rate']:.3f} over {r['n']} prompts; per form {r['per_form']}")
