@@ -207,6 +207,55 @@ def test_black_box_reward_trains_with_rwr(tmp_path, tiny_ckpt, toy_rewards):
         TR.RewardTrainConfig(method="draft", reward="red").validate()
 
 
+def test_raft_keeps_the_best_sample_per_prompt_and_builds_its_data_in_resumable_chunks(tmp_path, tiny_ckpt,
+                                                                                         toy_rewards):
+    """Each prompt's kept latent is the one its reward ranks first among its own n seeded samples (RAFT), and a
+    dataset built in two chunks, or continued after a cut, equals one built at once."""
+    cfg = config(tmp_path, tiny_ckpt, method="raft", reward="red", rwr_samples=3, train_prompts=5).validate()
+    parts = TR.load_parts(tiny_ckpt)
+    prompts, _ = TR.training_and_curve_prompts(5, 3)
+    best, rewards = TR.best_of_n_chunk(parts, cfg, brightness, prompts[:2], 0)
+    assert best.shape == (2, *parts.sample_shape) and rewards.shape == (2, 3)
+    for i, p in enumerate(prompts[:2]):
+        z = TR.sample_latents(parts, [p] * 3, cfg.raft_guidance, cfg.sample_steps,
+                              TR.prompt_noise(cfg.seed, i, 3, parts.sample_shape))
+        scores = brightness(parts.decode(z), [p] * 3)
+        assert torch.allclose(scores, rewards[i], atol=1e-5)
+        assert torch.allclose(best[i], z[int(scores.argmax())], atol=1e-5)
+    whole = TR.raft_dataset(parts, cfg, brightness, prompts, chunk=5, log=lambda s: None)
+    Path(cfg.raft_path).unlink()
+    TR.raft_dataset(parts, cfg, brightness, prompts[:2], chunk=2, log=lambda s: None)    # "cut" after 2 prompts
+    resumed = TR.raft_dataset(parts, cfg, brightness, prompts, chunk=2, log=lambda s: None)
+    assert torch.allclose(whole["latents"], resumed["latents"], atol=1e-5)
+    assert torch.allclose(whole["rewards"], resumed["rewards"], atol=1e-5)
+    cfg.rwr_samples = 2
+    with pytest.raises(ClipstudioError, match="was built with other settings"):
+        TR.raft_dataset(parts, cfg, brightness, prompts, log=lambda s: None)
+
+
+def test_raft_regresses_on_its_kept_samples_and_resumes_exactly(tmp_path, tiny_ckpt, toy_rewards):
+    """A black-box reward trains with RAFT: the denoising loss on the kept samples falls, the weights move, and a
+    cut-and-resumed run (which reuses OUT.raft.pt) ends bit for bit where an uncut one does."""
+    from clipstudio.checkpoints import load_checkpoint
+    common = dict(method="raft", reward="red", rwr_samples=2, train_prompts=6, batch=6, lr=3e-3, steps=6,
+                  eval_every=6, p_uncond=0.0)
+    straight = config(tmp_path, tiny_ckpt, out=str(tmp_path / "s.pt"), **common)
+    quiet(straight)
+    losses = [h["loss"] for h in json.loads(Path(straight.curve_path).read_text())["history"]]
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    cut = config(tmp_path, tiny_ckpt, out=str(tmp_path / "c.pt"), stop_after=3, **common)
+    quiet(cut)
+    data_written = Path(cut.raft_path).stat().st_mtime_ns
+    cut.stop_after, cut.resume = None, True
+    assert quiet(cut)["step"] == 6
+    assert Path(cut.raft_path).stat().st_mtime_ns == data_written          # the data was reused, not rebuilt
+    a, b = load_checkpoint(straight.state_path), load_checkpoint(cut.state_path)
+    for k in a["trainable"]:
+        assert torch.equal(a["trainable"][k], b["trainable"][k]), k
+    base, out = load_checkpoint(tiny_ckpt)["unet"], load_checkpoint(straight.out)["unet"]
+    assert any(not torch.equal(out[k], base[k]) for k in base)
+
+
 def test_the_checker_is_a_black_box_reward():
     from clipstudio.worlds.shapes.render import render, sample_scene
     from clipstudio.worlds.shapes.captions import canonical_caption
@@ -245,6 +294,8 @@ def train_cli(argv):
     (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
     (["--rwr-beta", "0"], "--rwr-beta must be a positive number"),
     (["--anchor", "inf"], "--anchor must be a finite number"),
+    (["--method", "raft", "--p-uncond", "1"], "--p-uncond must be below 1"),
+    (["--raft-guidance", "-2"], "--raft-guidance must be a finite number >= 0"),
     (["--model", "no-such-model"], "unknown embedded model 'no-such-model'"),
     (["--checkpoint", "/no/such.pt"], "no diffusion checkpoint at /no/such.pt"),
     (["--model", "shapes-flow", "--steps", "1"], "is a flow-matching model; reward fine-tuning needs"),

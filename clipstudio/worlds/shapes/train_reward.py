@@ -34,7 +34,7 @@ import torch
 from clipstudio.config import MAX_LR, SEED_MAX, check_numbers
 from clipstudio.errors import ClipstudioError
 
-METHODS = ("draft", "rwr")
+METHODS = ("draft", "rwr", "raft")
 TRAIN_PROMPT_SEED = 2026
 CURVE_PROMPT_SEED = 4242
 EVAL_PROMPT_SETS = ((100, 1234), (50, 99), (10, 7))   # (n, seed): eval diffusion, its sweep, compare
@@ -49,7 +49,8 @@ class RewardTrainConfig:
     ``guidance`` lists the CFG weights a step draws from; ``grad_steps`` is DRaFT's K; ``anchor`` weighs the L2
     pull to the starting weights (sum of squares); ``lora_rank`` 0 fine-tunes every UNet weight, else a LoRA on
     the attention projections; ``rwr_samples`` images per prompt and temperature ``rwr_beta`` for ``--method
-    rwr``; every ``eval_every`` steps the curve is measured on ``curve_prompts`` held-out prompts at
+    rwr``; for ``--method raft``, ``rwr_samples`` images per training prompt at ``raft_guidance``, the best by
+    the reward kept (OUT.raft.pt) and regressed on, the caption dropped with probability ``p_uncond``; every ``eval_every`` steps the curve is measured on ``curve_prompts`` held-out prompts at
     ``curve_guidance`` with ``curve_steps`` DDIM steps (diversity over ``diversity_seeds`` seeds of the first
     ``diversity_prompts`` of them and the free-colour prompt). ``max_minutes`` is wall-clock time of this
     invocation, curve points included; ``stop_after`` a step. ``state`` defaults to OUT.state, ``curve`` to
@@ -72,6 +73,8 @@ class RewardTrainConfig:
     lora_alpha: Optional[float] = None
     rwr_samples: int = 4
     rwr_beta: float = 0.05
+    raft_guidance: float = 3.0
+    p_uncond: float = 0.15
     train_prompts: int = 2000
     eval_every: int = 50
     curve_prompts: int = 24
@@ -113,6 +116,9 @@ class RewardTrainConfig:
         if not self.guidance:
             raise ClipstudioError("--guidance needs at least one weight")
         _finite(self.anchor, "--anchor", 0)
+        _finite(self.raft_guidance, "--raft-guidance", 0)
+        if not 0 <= _finite(self.p_uncond, "--p-uncond", 0) < 1:
+            raise ClipstudioError(f"--p-uncond must be below 1, got {self.p_uncond}")
         _finite(self.curve_guidance, "--curve-guidance", 0)
         if not (math.isfinite(self.rwr_beta) and self.rwr_beta > 0):
             raise ClipstudioError(f"--rwr-beta must be a positive number, got {self.rwr_beta}")
@@ -134,6 +140,10 @@ class RewardTrainConfig:
     @property
     def curve_path(self) -> str:
         return self.curve or str(Path(self.out).with_suffix(".curve.json"))
+
+    @property
+    def raft_path(self) -> str:
+        return str(Path(self.out).with_suffix(".raft.pt"))
 
     @property
     def best_path(self) -> str:
@@ -391,7 +401,7 @@ def step_draw(config: RewardTrainConfig, step: int, prompts: Sequence[str]) -> t
 
 
 def draft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Callable, step: int,
-                    prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
+                    prompts: Sequence[str], data: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(loss, rewards, guidance) of one DRaFT-K step (Clark et al. 2023): reward backpropagated through the
     decoder and the last K sampling steps."""
     from clipstudio.diffusion.reward import draft_loss
@@ -403,7 +413,7 @@ def draft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Ca
 
 
 def rwr_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Callable, step: int,
-                  prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, float]:
+                  prompts: Sequence[str], data: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(loss, rewards, guidance) of one reward-weighted regression step (Peng et al. 2019; Lee et al. 2023):
     ``rwr_samples`` images per prompt, scored by the black-box reward, regressed on with weights
     exp(r / beta) normalised within each prompt's group."""
@@ -426,7 +436,81 @@ def rwr_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Call
     return (weights * losses).mean(), rewards, guidance
 
 
-OBJECTIVES = {"draft": draft_objective, "rwr": rwr_objective}
+def prompt_noise(seed: int, index: int, n: int, shape: Sequence[int]) -> torch.Tensor:
+    """The n starting noises of training prompt ``index``: they depend on (seed, index) only, so a dataset built
+    in chunks, or resumed, holds the same samples."""
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * index + 1))
+
+
+@torch.no_grad()
+def best_of_n_chunk(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Callable, prompts: Sequence[str],
+                    first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(best latent per prompt, every sample's reward (len, n)) for ``prompts``, the training prompts from index
+    ``first`` on: ``rwr_samples`` DDIM samples each at ``raft_guidance``, the reward's best kept (RAFT, Dong et
+    al. 2023, "Reward rAnked FineTuning")."""
+    n = config.rwr_samples
+    noise = torch.cat([prompt_noise(config.seed, first + i, n, parts.sample_shape) for i in range(len(prompts))])
+    repeated = [p for p in prompts for _ in range(n)]
+    z = torch.cat([sample_latents(parts, repeated[i:i + 32], config.raft_guidance, config.sample_steps,
+                                  noise[i:i + 32]) for i in range(0, len(repeated), 32)])
+    rewards = torch.as_tensor(reward_fn(parts.decode(z), repeated)).float().reshape(len(prompts), n)
+    best = rewards.argmax(dim=1)
+    return z.reshape(len(prompts), n, *z.shape[1:])[torch.arange(len(prompts)), best], rewards
+
+
+RAFT_KEYS = ("seed", "reward", "rwr_samples", "raft_guidance", "sample_steps", "train_prompts")
+
+
+def raft_dataset(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Callable, prompts: Sequence[str],
+                 chunk: int = 16, log: Callable[[str], None] = print) -> dict:
+    """The RAFT dataset of the training prompts (best-of-n latents and all rewards), built in chunks and saved
+    atomically to OUT.raft.pt after each, so an interrupted build continues where it stopped."""
+    from clipstudio.checkpoints import load_checkpoint
+    from clipstudio.images import atomic_torch_save
+    key = {k: getattr(config, k) for k in RAFT_KEYS}
+    path = config.raft_path
+    data = {"key": key, "latents": [], "rewards": []}
+    if os.path.isfile(path):
+        saved = load_checkpoint(path)
+        if saved.get("key") != key:
+            raise ClipstudioError(f"{path} was built with other settings ({saved.get('key')}); move it away")
+        data = {"key": key, "latents": list(saved["latents"]), "rewards": list(saved["rewards"])}
+    t0 = time.perf_counter()
+    while len(data["latents"]) < len(prompts):
+        first = len(data["latents"])
+        z, r = best_of_n_chunk(parts, config, reward_fn, prompts[first:first + chunk], first)
+        data["latents"] += list(z)
+        data["rewards"] += list(r)
+        atomic_torch_save({"key": key, "latents": torch.stack(data["latents"]),
+                           "rewards": torch.stack(data["rewards"])}, path)
+        done = len(data["latents"])
+        log(f"RAFT data: {done}/{len(prompts)} prompts, mean reward {torch.stack(data['rewards']).mean():.4f}, "
+            f"best {torch.stack(data['rewards']).max(1).values.mean():.4f} ({time.perf_counter() - t0:.0f} s)")
+    return {"latents": torch.stack(data["latents"]), "rewards": torch.stack(data["rewards"])}
+
+
+def raft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Callable, step: int,
+                   prompts: Sequence[str], data: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(loss, rewards of the batch's samples, guidance) of one RAFT step: the denoising loss on the best-of-n
+    latents of ``batch`` training prompts, each caption dropped with probability ``p_uncond`` so the
+    unconditional half learns the kept samples too (classifier-free guidance, Ho & Salimans 2022)."""
+    from clipstudio.diffusion.reward import denoising_losses
+    rng = np.random.default_rng([config.seed, step])
+    idx = rng.choice(len(prompts), size=config.batch, replace=False)
+    captions = ["" if rng.random() < config.p_uncond else prompts[int(i)] for i in idx]
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    z = data["latents"][torch.as_tensor(idx)].float()
+    t = torch.randint(0, len(parts.alphas_cumprod), (len(idx),), generator=gen)
+    eps = torch.randn(z.shape, generator=gen)
+
+    def unet_fn(x: torch.Tensor, tt: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return parts.unet(x, tt, encoder_hidden_states=c).sample
+
+    losses = denoising_losses(unet_fn, z, parts.text(captions), t, eps, parts.alphas_cumprod, parts.prediction)
+    return losses.mean(), data["rewards"][torch.as_tensor(idx)].max(1).values, config.raft_guidance
+
+
+OBJECTIVES = {"draft": draft_objective, "rwr": rwr_objective, "raft": raft_objective}
 
 
 # --------------------------------------------------------------------------- the over-optimization curve
@@ -514,6 +598,7 @@ class _Run:
     history: list = field(default_factory=list)        # per step: reward mean, loss, guidance
     curve: list = field(default_factory=list)          # per curve point: step and the held-out figures
     best: Optional[dict] = None
+    data: Optional[dict] = None                        # --method raft: the best-of-n dataset
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.parts.unet.named_parameters() if p.requires_grad}
@@ -538,6 +623,10 @@ def _start_run(config: RewardTrainConfig) -> _Run:
     reward_fn = guide_fn if config.reward == "shapes-guide" else REWARDS[config.reward].make()
     run = _Run(config, parts, base, weights.file_sha256(base), start, opt, reward_fn, guide_fn,
                train_prompts, curve_prompts)
+    if config.method == "raft":                        # sampled from the starting weights, before any resume
+        parts.unet.eval()
+        run.data = raft_dataset(parts, config, reward_fn, train_prompts)
+        parts.unet.train()
     state = config.state_path
     if config.resume and os.path.isfile(state):
         _restore(run, require_keys(load_checkpoint(state), ("config", "trainable", "opt", "step", "base_sha256"),
@@ -548,7 +637,7 @@ def _start_run(config: RewardTrainConfig) -> _Run:
 
 
 RESUME_KEYS = ("method", "reward", "seed", "batch", "lora_rank", "guidance", "sample_steps", "grad_steps",
-               "train_prompts", "rwr_samples")
+               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond")
 
 
 def _restore(run: _Run, st: dict) -> None:
@@ -638,7 +727,7 @@ def _train_step(run: _Run) -> dict:
     from clipstudio.diffusion.reward import l2_anchor, weight_deltas
     config = run.config
     loss, rewards, guidance = OBJECTIVES[config.method](run.parts, config, run.reward_fn, run.step,
-                                                        run.train_prompts)
+                                                        run.train_prompts, run.data)
     anchor = l2_anchor(weight_deltas(run.parts.unet, run.start)) if config.anchor else torch.zeros(())
     total = loss + config.anchor * anchor
     if not torch.isfinite(total):
