@@ -228,6 +228,10 @@ def test_raft_keeps_the_best_sample_per_prompt_and_builds_its_data_in_resumable_
     resumed = TR.raft_dataset(parts, cfg, brightness, prompts, chunk=2, log=lambda s: None)
     assert torch.allclose(whole["latents"], resumed["latents"], atol=1e-5)
     assert torch.allclose(whole["rewards"], resumed["rewards"], atol=1e-5)
+    fewer = TR.raft_dataset(parts, cfg, brightness, prompts[:3], log=lambda s: None)     # a smaller --train-prompts
+    assert torch.equal(fewer["latents"], resumed["latents"][:3])
+    with pytest.raises(ClipstudioError, match="built on other training prompts"):
+        TR.raft_dataset(parts, cfg, brightness, prompts[1:], log=lambda s: None)
     cfg.rwr_samples = 2
     with pytest.raises(ClipstudioError, match="was built with other settings"):
         TR.raft_dataset(parts, cfg, brightness, prompts, log=lambda s: None)

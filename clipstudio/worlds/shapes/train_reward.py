@@ -458,35 +458,40 @@ def best_of_n_chunk(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Ca
     return z.reshape(len(prompts), n, *z.shape[1:])[torch.arange(len(prompts)), best], rewards
 
 
-RAFT_KEYS = ("seed", "reward", "rwr_samples", "raft_guidance", "sample_steps", "train_prompts")
+RAFT_KEYS = ("seed", "reward", "rwr_samples", "raft_guidance", "sample_steps")
 
 
 def raft_dataset(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Callable, prompts: Sequence[str],
                  chunk: int = 16, log: Callable[[str], None] = print) -> dict:
     """The RAFT dataset of the training prompts (best-of-n latents and all rewards), built in chunks and saved
-    atomically to OUT.raft.pt after each, so an interrupted build continues where it stopped."""
+    atomically to OUT.raft.pt after each, so an interrupted build continues where it stopped. A prompt's samples
+    depend on (seed, its index) only and the training prompts of a smaller --train-prompts are a prefix of a
+    larger one's, so a saved dataset serves any --train-prompts: cut to size, or grown."""
     from clipstudio.checkpoints import load_checkpoint
     from clipstudio.images import atomic_torch_save
     key = {k: getattr(config, k) for k in RAFT_KEYS}
     path = config.raft_path
-    data = {"key": key, "latents": [], "rewards": []}
+    latents, rewards, done = [], [], []
     if os.path.isfile(path):
         saved = load_checkpoint(path)
         if saved.get("key") != key:
             raise ClipstudioError(f"{path} was built with other settings ({saved.get('key')}); move it away")
-        data = {"key": key, "latents": list(saved["latents"]), "rewards": list(saved["rewards"])}
+        done = list(saved["prompts"])
+        if done[:len(prompts)] != list(prompts)[:len(done)]:
+            raise ClipstudioError(f"{path} was built on other training prompts; move it away")
+        latents, rewards = list(saved["latents"]), list(saved["rewards"])
     t0 = time.perf_counter()
-    while len(data["latents"]) < len(prompts):
-        first = len(data["latents"])
+    while len(done) < len(prompts):
+        first = len(done)
         z, r = best_of_n_chunk(parts, config, reward_fn, prompts[first:first + chunk], first)
-        data["latents"] += list(z)
-        data["rewards"] += list(r)
-        atomic_torch_save({"key": key, "latents": torch.stack(data["latents"]),
-                           "rewards": torch.stack(data["rewards"])}, path)
-        done = len(data["latents"])
-        log(f"RAFT data: {done}/{len(prompts)} prompts, mean reward {torch.stack(data['rewards']).mean():.4f}, "
-            f"best {torch.stack(data['rewards']).max(1).values.mean():.4f} ({time.perf_counter() - t0:.0f} s)")
-    return {"latents": torch.stack(data["latents"]), "rewards": torch.stack(data["rewards"])}
+        latents, rewards, done = latents + list(z), rewards + list(r), done + list(prompts[first:first + chunk])
+        atomic_torch_save({"key": key, "prompts": done, "latents": torch.stack(latents),
+                           "rewards": torch.stack(rewards)}, path)
+        all_rewards = torch.stack(rewards)
+        log(f"RAFT data: {len(done)}/{len(prompts)} prompts, mean reward {all_rewards.mean():.4f}, "
+            f"best {all_rewards.max(1).values.mean():.4f} ({time.perf_counter() - t0:.0f} s)")
+    n = len(prompts)
+    return {"latents": torch.stack(latents[:n]), "rewards": torch.stack(rewards[:n])}
 
 
 def raft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Callable, step: int,
