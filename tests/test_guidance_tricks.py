@@ -161,3 +161,52 @@ def test_bad_trick_on_the_command_line_is_one_line(capsys, tiny_clip):
     code = main(["generate", "a red circle", "--clip", tiny_clip, "--ema", "1.5", "--steps", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "ema" in err
+
+
+PALETTE = "#dc2828,#f58c1e,#f0dc28,#28aa46,#285adc,#8c3cbe,#f5f5f5,#191919"
+
+
+def _palette_pixels(**options):
+    from clipstudio.generators import build_generator
+
+    torch.manual_seed(0)
+    return build_generator("pixels", (16, 16), parametrization="palette", palette=PALETTE, **options)
+
+
+def test_palette_pixels_mix_the_palette_and_hard_ones_use_only_its_colours():
+    from clipstudio.generators.primitives import parse_palette
+
+    colours = parse_palette(PALETTE)
+    soft = _palette_pixels()
+    soft.logits.data.normal_(0, 3)
+    weights = soft.logits.movedim(1, -1).softmax(-1)
+    assert torch.allclose(soft(), (weights @ colours).movedim(-1, 1), atol=1e-6)
+    hard = _palette_pixels(hard="true")
+    hard.logits.data.copy_(soft.logits.data)
+    pixels_ = hard().detach().movedim(1, -1).reshape(-1, 3)
+    nearest = torch.cdist(pixels_, colours).min(dim=1).values
+    assert float(nearest.max()) < 1e-3  # rounding of hard + soft - soft; a level of 8-bit colour is 4e-3
+    hard().sum().backward()  # straight-through: the softmax's gradient reaches the logits
+    assert hard.logits.grad is not None and hard.logits.grad.abs().sum() > 0
+
+
+def test_palette_pixels_take_an_image_as_its_nearest_colours():
+    scene = torch.empty(1, 3, 16, 16)
+    scene[..., :8] = torch.tensor([220, 40, 40]).view(1, 3, 1, 1) / 255  # red | blue, as the palette has them
+    scene[..., 8:] = torch.tensor([40, 90, 220]).view(1, 3, 1, 1) / 255
+    generator = _palette_pixels(hard=True)
+    assert generator.set_image((scene + 0.05 * torch.randn_like(scene)).clamp(0, 1))
+    assert torch.allclose(generator(), scene, atol=1e-3)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"parametrization": "palette"}, "goes with parametrization=palette"),
+    ({"parametrization": "rgb", "palette": PALETTE}, "goes with parametrization=palette"),
+    ({"parametrization": "palette", "palette": PALETTE, "hard": "maybe"}, "hard must be true or false"),
+])
+def test_bad_palette_pixel_options_are_one_line(options, message):
+    from clipstudio.generators import build_generator
+
+    with pytest.raises(ClipstudioError, match=message) as info:
+        build_generator("pixels", (16, 16), **options)
+    assert "\n" not in str(info.value)

@@ -1,5 +1,6 @@
-"""The ``pixels`` generator: raw RGB, or a Fourier-space, colour-decorrelated image (Olah et al. 2017,
-"Feature Visualization"; Mordvintsev et al. 2018, "Differentiable Image Parameterizations")."""
+"""The ``pixels`` generator: raw RGB, a Fourier-space, colour-decorrelated image (Olah et al. 2017,
+"Feature Visualization"; Mordvintsev et al. 2018, "Differentiable Image Parameterizations"), or per-pixel
+logits over a limited palette (as pixray's palette option; the world's recipe names the colours)."""
 from __future__ import annotations
 
 import torch
@@ -7,11 +8,13 @@ from torch import nn
 
 from ..errors import ClipstudioError
 from .base import Generator, clamp_with_grad, resize_init
+from .primitives import parse_palette, straight_through_choice
 
 # Square root of the colour correlation of ImageNet, from lucid; columns are scaled to unit max norm.
 _COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR_CORRELATION = _COLOR_CORRELATION_SQRT / _COLOR_CORRELATION_SQRT.norm(dim=0).max()
-PARAMETRIZATIONS = ("fourier", "rgb")
+PARAMETRIZATIONS = ("fourier", "rgb", "palette")
+PALETTE_SHARPNESS = 10.0  # logits of an init image: minus this times the squared distance to each colour
 
 
 def rfft2d_freqs(height: int, width: int) -> torch.Tensor:
@@ -37,6 +40,14 @@ def _number(value: float | str, name: str, cast=float):
         raise ClipstudioError(f"pixels option {name} must be a number, got {value!r}") from None
 
 
+def _flag(value: bool | str, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ClipstudioError(f"pixels option {name} must be true or false, got {value!r}")
+    return str(value).lower() in ("true", "1", "yes")
+
+
 def _logit(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x / (1 - x))
@@ -47,7 +58,7 @@ class PixelGenerator(Generator):
 
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None,
                  parametrization: str = "fourier", decay: float | str = 1.0, init_noise: float | str = 0.01,
-                 downscale: int | str = 1, **options):
+                 downscale: int | str = 1, palette: str = "none", hard: bool | str = False, **options):
         super().__init__(size, init_image, **options)
         decay, init_noise, downscale = _number(decay, "decay"), _number(init_noise, "init_noise"), _number(
             downscale, "downscale", int)
@@ -56,6 +67,10 @@ class PixelGenerator(Generator):
                 f"unknown pixels parametrization '{parametrization}'; choose one of: {', '.join(PARAMETRIZATIONS)}"
             )
         self.parametrization = parametrization
+        self.hard = _flag(hard, "hard")  # palette: one colour a pixel, straight-through
+        colours = parse_palette(palette)
+        if (colours is None) != (parametrization != "palette"):
+            raise ClipstudioError("pixels option palette='#rrggbb,...' goes with parametrization=palette, and only there")
         # Optimizing a coarser grid and upsampling it removes the pixel-scale textures that fool CLIP.
         self.downscale = max(1, downscale)
         h, w = max(1, round(self.height / self.downscale)), max(1, round(self.width / self.downscale))
@@ -64,6 +79,11 @@ class PixelGenerator(Generator):
         if parametrization == "rgb":
             start = init if init is not None else 0.5 + init_noise * torch.randn(1, 3, h, w)
             self.rgb = nn.Parameter(start.clone())
+            return
+        if parametrization == "palette":
+            self.register_buffer("palette", colours, persistent=False)
+            start = self._image_to_logits(init) if init is not None else init_noise * torch.randn(1, len(colours), h, w)
+            self.logits = nn.Parameter(start.contiguous())
             return
         self.register_buffer("scale", spectrum_scale(h, w, decay), persistent=False)
         if init is None:
@@ -75,6 +95,18 @@ class PixelGenerator(Generator):
     def _decorrelated_to_rgb(self, t: torch.Tensor) -> torch.Tensor:
         return torch.einsum("ij,njhw->nihw", COLOR_CORRELATION.to(t), t)
 
+    def _image_to_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Palette logits that favour each pixel's nearest colours (the inverse of the soft mixture, roughly)."""
+        distance = ((image[:, None] - self.palette.to(image)[None, :, :, None, None]) ** 2).sum(2)
+        return -PALETTE_SHARPNESS * distance
+
+    def _palette_image(self) -> torch.Tensor:
+        """Each pixel a softmax mixture of the palette's colours (or, ``hard``, its likeliest colour forward
+        and the softmax's gradient backward)."""
+        logits = self.logits.movedim(1, -1)
+        weights = straight_through_choice(logits) if self.hard else logits.softmax(-1)
+        return (weights @ self.palette).movedim(-1, 1)
+
     def _image_to_spectrum(self, image: torch.Tensor) -> torch.Tensor:
         # Invert forward(): sigmoid, colour mixing, inverse FFT, and the /4 and 1/f scaling.
         decorrelated = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_CORRELATION), _logit(image))
@@ -83,11 +115,14 @@ class PixelGenerator(Generator):
     @torch.no_grad()
     def set_image(self, image: torch.Tensor) -> bool:
         """Put ``image`` into the pixels (or their spectrum), resized to the optimized grid."""
-        target = self.rgb if self.parametrization == "rgb" else self.spectrum
+        target = {"rgb": "rgb", "palette": "logits"}.get(self.parametrization, "spectrum")
+        target = getattr(self, target)
         height, width = self.grid
         image = resize_init(image.to(target.device), width, height)
         if self.parametrization == "rgb":
             self.rgb.copy_(image)
+        elif self.parametrization == "palette":
+            self.logits.copy_(self._image_to_logits(image))
         else:
             self.spectrum.copy_(torch.view_as_real(self._image_to_spectrum(image)))
         return True
@@ -95,6 +130,8 @@ class PixelGenerator(Generator):
     def forward(self) -> torch.Tensor:
         if self.parametrization == "rgb":
             image = self.rgb
+        elif self.parametrization == "palette":
+            image = self._palette_image()
         else:
             spectrum = torch.view_as_complex(self.spectrum) * self.scale
             image = torch.fft.irfft2(spectrum, s=self.grid, norm="ortho") / 4.0
