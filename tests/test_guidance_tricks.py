@@ -210,3 +210,12 @@ def test_bad_palette_pixel_options_are_one_line(options, message):
     with pytest.raises(ClipstudioError, match=message) as info:
         build_generator("pixels", (16, 16), **options)
     assert "\n" not in str(info.value)
+
+
+def test_reset_ema_starts_the_average_at_a_moved_image(tiny_options):
+    studio = _studio(tiny_options, ema=0.9)
+    studio.step(), studio.step()
+    studio.generator.set_image(torch.rand(1, 3, 32, 32))  # what an animation's move does
+    assert not torch.allclose(studio.image_tensor(), studio.generator().detach())
+    studio.reset_ema()
+    assert studio.ema_updates == 0 and torch.equal(studio.image_tensor(), studio.generator().detach())
