@@ -178,16 +178,16 @@ def test_palette_pixels_mix_the_palette_and_hard_ones_use_only_its_colours():
 
     colours = parse_palette(PALETTE)
     soft = _palette_pixels()
-    soft.logits.data.normal_(0, 3)
-    weights = soft.logits.movedim(1, -1).softmax(-1)
+    soft.spectrum.data.normal_(0, 3)
+    weights = soft.palette_logits().movedim(1, -1).softmax(-1)
     assert torch.allclose(soft(), (weights @ colours).movedim(-1, 1), atol=1e-6)
     hard = _palette_pixels(hard="true")
-    hard.logits.data.copy_(soft.logits.data)
+    hard.spectrum.data.copy_(soft.spectrum.data)
     pixels_ = hard().detach().movedim(1, -1).reshape(-1, 3)
     nearest = torch.cdist(pixels_, colours).min(dim=1).values
     assert float(nearest.max()) < 1e-3  # rounding of hard + soft - soft; a level of 8-bit colour is 4e-3
     hard().sum().backward()  # straight-through: the softmax's gradient reaches the logits
-    assert hard.logits.grad is not None and hard.logits.grad.abs().sum() > 0
+    assert hard.spectrum.grad is not None and hard.spectrum.grad.abs().sum() > 0
 
 
 def test_palette_pixels_take_an_image_as_its_nearest_colours():

@@ -1,6 +1,7 @@
 """The ``pixels`` generator: raw RGB, a Fourier-space, colour-decorrelated image (Olah et al. 2017,
 "Feature Visualization"; Mordvintsev et al. 2018, "Differentiable Image Parameterizations"), or per-pixel
-logits over a limited palette (as pixray's palette option; the world's recipe names the colours)."""
+logits over a limited palette (as pixray's palette option; the world's recipe names the colours), the logits
+a 1/f spectrum as the Fourier colours are, so that colour regions come out whole rather than as speckle."""
 from __future__ import annotations
 
 import torch
@@ -80,14 +81,13 @@ class PixelGenerator(Generator):
             start = init if init is not None else 0.5 + init_noise * torch.randn(1, 3, h, w)
             self.rgb = nn.Parameter(start.clone())
             return
+        self.register_buffer("scale", spectrum_scale(h, w, decay), persistent=False)
+        channels = 3
         if parametrization == "palette":
             self.register_buffer("palette", colours, persistent=False)
-            start = self._image_to_logits(init) if init is not None else init_noise * torch.randn(1, len(colours), h, w)
-            self.logits = nn.Parameter(start.contiguous())
-            return
-        self.register_buffer("scale", spectrum_scale(h, w, decay), persistent=False)
+            channels = len(colours)
         if init is None:
-            spectrum = init_noise * torch.randn(1, 3, *self.scale.shape, dtype=torch.complex64)
+            spectrum = init_noise * torch.randn(1, channels, *self.scale.shape, dtype=torch.complex64)
         else:
             spectrum = self._image_to_spectrum(init)
         self.spectrum = nn.Parameter(torch.view_as_real(spectrum).contiguous())
@@ -100,29 +100,38 @@ class PixelGenerator(Generator):
         distance = ((image[:, None] - self.palette.to(image)[None, :, :, None, None]) ** 2).sum(2)
         return -PALETTE_SHARPNESS * distance
 
+    def _spectrum_to_planes(self) -> torch.Tensor:
+        """The spectrum's image planes: decorrelated colours before the sigmoid, or the palette's logits."""
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        return torch.fft.irfft2(spectrum, s=self.grid, norm="ortho") / 4.0
+
+    def palette_logits(self) -> torch.Tensor:
+        """The palette's per-pixel logits, (1, colours, h, w) on the optimized grid."""
+        return self._spectrum_to_planes()
+
     def _palette_image(self) -> torch.Tensor:
         """Each pixel a softmax mixture of the palette's colours (or, ``hard``, its likeliest colour forward
         and the softmax's gradient backward)."""
-        logits = self.logits.movedim(1, -1)
+        logits = self.palette_logits().movedim(1, -1)
         weights = straight_through_choice(logits) if self.hard else logits.softmax(-1)
         return (weights @ self.palette).movedim(-1, 1)
 
     def _image_to_spectrum(self, image: torch.Tensor) -> torch.Tensor:
-        # Invert forward(): sigmoid, colour mixing, inverse FFT, and the /4 and 1/f scaling.
-        decorrelated = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_CORRELATION), _logit(image))
-        return torch.fft.rfft2(decorrelated * 4.0, norm="ortho") / self.scale
+        # Invert forward(): sigmoid and colour mixing (or the palette's logits), inverse FFT, /4 and 1/f.
+        if self.parametrization == "palette":
+            planes = self._image_to_logits(image)
+        else:
+            planes = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_CORRELATION), _logit(image))
+        return torch.fft.rfft2(planes * 4.0, norm="ortho") / self.scale
 
     @torch.no_grad()
     def set_image(self, image: torch.Tensor) -> bool:
         """Put ``image`` into the pixels (or their spectrum), resized to the optimized grid."""
-        target = {"rgb": "rgb", "palette": "logits"}.get(self.parametrization, "spectrum")
-        target = getattr(self, target)
+        target = self.rgb if self.parametrization == "rgb" else self.spectrum
         height, width = self.grid
         image = resize_init(image.to(target.device), width, height)
         if self.parametrization == "rgb":
             self.rgb.copy_(image)
-        elif self.parametrization == "palette":
-            self.logits.copy_(self._image_to_logits(image))
         else:
             self.spectrum.copy_(torch.view_as_real(self._image_to_spectrum(image)))
         return True
@@ -133,9 +142,7 @@ class PixelGenerator(Generator):
         elif self.parametrization == "palette":
             image = self._palette_image()
         else:
-            spectrum = torch.view_as_complex(self.spectrum) * self.scale
-            image = torch.fft.irfft2(spectrum, s=self.grid, norm="ortho") / 4.0
-            image = torch.sigmoid(self._decorrelated_to_rgb(image))
+            image = torch.sigmoid(self._decorrelated_to_rgb(self._spectrum_to_planes()))
         if self.grid != (self.height, self.width):
             image = nn.functional.interpolate(image, size=(self.height, self.width), mode="bilinear",
                                               align_corners=False)
