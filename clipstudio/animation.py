@@ -132,6 +132,7 @@ class AnimationStudio(Studio):
                 self.warned_still = True
             return False
         self.optimizer.state.clear()
+        self.reset_ema()  # the average of the unmoved parameters would drag the moved image back
         return True
 
     def frame_metadata(self, frame: int) -> dict[str, Any]:

@@ -24,11 +24,13 @@ from .settings import Settings
 # inf in float32); MAX_WEIGHT bounds loss weights the same way.
 MAX_LR = 1e3
 MAX_WEIGHT = 1e6
+MAX_EMA_DECAY = 0.9999  # an EMA decay of 1 would never leave the start
 SEED_MIN, SEED_MAX = 0, 2**63 - 1  # torch.manual_seed takes 64 bits; numpy's generators take any int >= 0
 RANGES: dict[str, tuple[float, float]] = {
     "steps": (0, 10**9), "warmup": (0, 10**9), "lr": (0, MAX_LR), "weight_decay": (0, MAX_WEIGHT),
     "cutn": (1, 4096), "cut_pow": (0, 100), "cut_min": (1e-3, 1), "cut_noise": (0, 10),
     "search": (0, 1000), "search_restarts": (1, 1000), "candidates": (1, 10000),
+    "ema": (0, MAX_EMA_DECAY), "latent_l2": (0, MAX_WEIGHT),
 }
 # Settings that must never come from a file: trust is an argument of the current command line only.
 RUNTIME_ONLY = frozenset({"trust_checkpoint"})
@@ -134,6 +136,11 @@ class GenerateConfig(Settings):
     cut_noise: float = 0.05
     augments: list[str] = field(default_factory=lambda: ["affine", "jitter"])
     cut_mode: str = "crops"  # random crops, or "pooled": the whole image avg+max pooled (the classic cutouts)
+    # Guidance tricks of the lineage, each off by default (issue 12 measures them one at a time).
+    grad_norm: bool = False  # scale each trainable parameter's gradient to unit L2 norm before the step
+    ema: float = 0.0  # decay of an EMA of the generator's parameters, which renders the output (0: none)
+    latent_l2: float = 0.0  # weight of an L2 pull of the latents toward zero (toward the init's with one)
+    latent_l2_schedule: str = "linear"  # how that weight decays to 0 over the steps: constant, cosine, linear
     # Regularizers by name (see ``clipstudio.losses.LOSSES``) -> weight, and their options by name.
     losses: dict[str, float] = field(default_factory=dict)
     loss_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -173,6 +180,9 @@ class GenerateConfig(Settings):
             raise ClipstudioError(f"unknown cut mode '{self.cut_mode}'; choose one of: {', '.join(CUT_MODES)}")
         if self.schedule not in SCHEDULES:
             raise ClipstudioError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
+        if self.latent_l2_schedule not in SCHEDULES:
+            raise ClipstudioError(f"unknown latent-l2-schedule '{self.latent_l2_schedule}'; choose one of: "
+                                  f"{', '.join(SCHEDULES)}")
         check_ranges(self, RANGES)
         if not (SEED_MIN <= self.seed and self.seed + self.candidates - 1 <= SEED_MAX):
             raise ClipstudioError(f"seed must be between {SEED_MIN} and {SEED_MAX} (minus candidates), got {self.seed}")

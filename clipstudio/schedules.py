@@ -17,3 +17,9 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0, floor: floa
     if schedule == "linear":
         return 1.0 - (1 - floor) * progress
     return 1.0
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """Decay of a parameter EMA at its ``updates``-th update, warmed up as TensorFlow's ExponentialMovingAverage
+    with ``num_updates``: ``min(decay, (1 + n) / (10 + n))``, so a short run's average is not held at its start."""
+    return min(decay, (1 + updates) / (10 + updates))

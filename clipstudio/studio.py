@@ -1,6 +1,7 @@
 """The CLIP-guidance loop: a :class:`Studio` that a notebook can step, or run to the end."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import inspect
@@ -29,7 +30,7 @@ from .guide.targets import combination_embedding
 from .images import atomic_write, load_image, save_png, tensor_to_pil
 from .losses import ClipLoss, LossContext, build_loss
 from .resources import check_fits, estimate_peak_bytes
-from .schedules import lr_factor
+from .schedules import ema_decay, lr_factor
 
 
 @dataclass
@@ -150,6 +151,11 @@ class Studio:
             raise ClipstudioError(f"generator '{config.generator}' has no trainable parameters")
         opt_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_class(params, lr=config.lr, weight_decay=config.weight_decay)
+        # The latent L2's pull: toward the init image's latents (the anchor the lineage used), else toward zero.
+        self.latent_targets = [p.detach().clone() if self.init_image is not None else torch.zeros_like(p)
+                               for p in params] if config.latent_l2 else []
+        self.ema: list[torch.Tensor] = [p.detach().clone() for p in params] if config.ema else []
+        self.ema_updates = 0
         self.step_index = 0
         self.skipped = 0
         self.history: list[float] = []
@@ -208,6 +214,8 @@ class Studio:
             if weight > 0:
                 losses[name] = build_loss(name, **self.config.loss_options.get(name, {}))
                 weights[name] = float(weight)
+        if self.config.latent_l2:  # a term on the latents, not the image: computed in _objective
+            weights[LATENT_L2] = float(self.config.latent_l2)
         return losses.to(self.device), weights
 
     def _objective(self, images: torch.Tensor | None = None, cutout_params: CutoutParams | None = None,
@@ -224,8 +232,24 @@ class Studio:
                 cutouts = cutter.apply(image.float(), params)
             ctx = LossContext(image=image.float(), cutouts=cutouts, init_image=self.init_image, step=self.step_index)
             terms = {name: loss(ctx).float() for name, loss in self.losses.items()}
-        total = sum(self.weights[name] * value for name, value in terms.items())
+        if self.config.latent_l2:
+            terms[LATENT_L2] = self._latent_l2().expand(image.shape[0])
+        total = sum(self._weight(name) * value for name, value in terms.items())
         return total, terms
+
+    def _weight(self, name: str) -> float:
+        """A term's weight at this step: the latent L2's decays over the run by ``latent_l2_schedule``."""
+        if name != LATENT_L2:
+            return self.weights[name]
+        c = self.config
+        return self.weights[name] * lr_factor(c.latent_l2_schedule, self.step_index, c.steps, floor=0.0)
+
+    def _latent_l2(self) -> torch.Tensor:
+        """Mean squared distance of the trainable latents from their targets (the MSE-regularized VQGAN+CLIP's
+        latent loss, toward zero from noise, toward the init's latents from an init image)."""
+        params = list(self.optimizer_params())
+        squared = sum(((p - t) ** 2).sum() for p, t in zip(params, self.latent_targets))
+        return squared / sum(p.numel() for p in params)
 
     @torch.no_grad()
     def search(self, sweeps: int, restarts: int = 1) -> float:
@@ -310,9 +334,12 @@ class Studio:
             info.skipped, info.reason = True, reason
             warnings.warn(f"step {self.step_index}: {reason}; step skipped")
         else:
+            if self.config.grad_norm:
+                self._normalize_gradients()
             self._set_lr()
             self.optimizer.step()
             self.generator.post_step()
+            self._update_ema()
             self.history.append(info.total)
         self.step_index += 1
         self.last = info
@@ -331,6 +358,44 @@ class Studio:
             return host_terms, host_total, "loss is not finite"
         return host_terms, host_total, "" if math.isfinite(values[-1]) else "gradient is not finite"
 
+    @torch.no_grad()
+    def _normalize_gradients(self) -> None:
+        """Each parameter's gradient to unit L2 norm (the lineage's "normalized gradient" variants): every step
+        moves the latents as far, however weak the guide's gradient has become."""
+        for p in self.optimizer_params():
+            if p.grad is not None:
+                p.grad.div_(p.grad.norm().clamp(min=1e-12))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Move the parameter EMA toward the parameters (warmed-up decay, :func:`clipstudio.schedules.ema_decay`)."""
+        if not self.ema:
+            return
+        decay = ema_decay(self.config.ema, self.ema_updates)
+        torch._foreach_lerp_(self.ema, [p.detach() for p in self.optimizer_params()], 1 - decay)
+        self.ema_updates += 1
+
+    def reset_ema(self) -> None:
+        """Restart the EMA at the current parameters (after an animation moves the image into them)."""
+        if self.ema:
+            self.ema = [p.detach().clone() for p in self.optimizer_params()]
+            self.ema_updates = 0
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Within this block the generator holds the EMA of its parameters (if ``config.ema``), so what it
+        renders is the output image; the optimized parameters come back after it."""
+        if not self.ema:
+            yield
+            return
+        params = list(self.optimizer_params())
+        current = [p.detach().clone() for p in params]
+        try:
+            _copy_into(params, self.ema)
+            yield
+        finally:
+            _copy_into(params, current)
+
     def _set_lr(self) -> None:
         c = self.config
         for group in self.optimizer.param_groups:
@@ -345,9 +410,12 @@ class Studio:
 
         The RNG states are CPU tensors (:func:`clipstudio.devices.rng_state`), so a run saved on a GPU resumes
         on a CPU and the other way round."""
-        return {"settings": self.config.to_full_dict(), "step": self.step_index, "skipped": self.skipped,
-                "history": list(self.history), "generator": self.generator.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
+        state = {"settings": self.config.to_full_dict(), "step": self.step_index, "skipped": self.skipped,
+                 "history": list(self.history), "generator": self.generator.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
+        if self.ema:  # the output image is the EMA's, so it resumes too
+            state["ema"] = {"params": [t.detach().cpu().clone() for t in self.ema], "updates": self.ema_updates}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`; a run with other settings, or a state with a missing or malformed
@@ -358,7 +426,7 @@ class Studio:
                    if key not in state]
         if missing:
             raise ClipstudioError(f"the checkpoint lacks {', '.join(missing)}; it is not a clipstudio run state")
-        if _portable(state["settings"]) != _portable(self.config.to_full_dict()):  # the device may differ
+        if _portable(_with_defaults(state["settings"])) != _portable(self.config.to_full_dict()):  # device may differ
             raise ClipstudioError("the checkpoint was made with other settings; refusing to resume from it")
         step, skipped, history, rng = state["step"], state["skipped"], state["history"], state["rng"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, skipped)) \
@@ -366,6 +434,7 @@ class Studio:
             raise ClipstudioError(f"the checkpoint's step counts are impossible (step {step!r}, skipped {skipped!r})")
         if not isinstance(history, list) or not all(isinstance(v, float) for v in history):
             raise ClipstudioError("the checkpoint's loss history is not a list of numbers")
+        ema = self._checked_ema(state.get("ema"))
         generator_before = copy.deepcopy(self.generator.state_dict())
         try:
             self.generator.load_state_dict(state["generator"])
@@ -379,6 +448,21 @@ class Studio:
             detail = " ".join(str(err).split())[:200] or type(err).__name__
             raise ClipstudioError(f"the checkpoint does not fit this run ({detail})") from None
         self.step_index, self.skipped, self.history = step, skipped, list(history)
+        if ema is not None:
+            self.ema, self.ema_updates = ema
+
+    def _checked_ema(self, saved: Any) -> tuple[list[torch.Tensor], int] | None:
+        """The saved EMA as this run's tensors, or None when the run keeps none; one line if it does not fit."""
+        if not self.ema:
+            return None
+        params = list(self.optimizer_params())
+        tensors = saved.get("params") if isinstance(saved, dict) else None
+        updates = saved.get("updates") if isinstance(saved, dict) else None
+        if not isinstance(tensors, list) or not isinstance(updates, int) or isinstance(updates, bool) \
+                or updates < 0 or len(tensors) != len(params) \
+                or not all(isinstance(t, torch.Tensor) and t.shape == p.shape for t, p in zip(tensors, params)):
+            raise ClipstudioError("the checkpoint lacks this run's parameter EMA (or it does not fit the generator)")
+        return [t.to(p) for t, p in zip(tensors, params)], updates
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write :meth:`state_dict` atomically, so a power cut leaves the previous checkpoint intact."""
@@ -397,8 +481,9 @@ class Studio:
 
     @torch.no_grad()
     def image_tensor(self) -> torch.Tensor:
-        """The current image, (1, 3, H, W) in [0, 1]."""
-        return self.generator().detach()
+        """The current image, (1, 3, H, W) in [0, 1]: the EMA parameters' if ``config.ema``."""
+        with self.averaged():
+            return self.generator().detach()
 
     def image(self) -> Image.Image:
         """The current image as PIL; NaNs raise rather than reach a file."""
@@ -406,8 +491,9 @@ class Studio:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """The current unweighted losses, without taking a step."""
-        total, terms = self._objective()
+        """The current unweighted losses (of the output image: the EMA's if ``config.ema``), without a step."""
+        with self.averaged():
+            total, terms = self._objective()
         return {**{k: float(v[0]) for k, v in terms.items()}, "total": float(total[0])}
 
     def run(self, callback: Callable[[Studio, StepInfo], Any] | None = None, progress: bool = False,
@@ -449,6 +535,17 @@ class Studio:
                               seconds=seconds, history=list(self.history))
 
 
+@torch.no_grad()
+def _copy_into(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    for param, value in zip(params, values):
+        param.copy_(value)
+
+
+def _with_defaults(settings: Any) -> Any:
+    """Saved settings with the settings added since they were saved at their defaults (which change nothing)."""
+    return {**GenerateConfig().to_full_dict(), **settings} if isinstance(settings, dict) else settings
+
+
 def _portable(settings: Any) -> Any:
     """Settings without the device: a checkpoint resumes on another machine (CUDA, MPS or CPU)."""
     return {k: v for k, v in settings.items() if k != "device"} if isinstance(settings, dict) else settings
@@ -481,6 +578,7 @@ def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
                           generator_options=dict(config.layout_options), steps=_LAYOUT_STEPS)
 
 
+LATENT_L2 = "latent_l2"  # the name of the latent L2 term among the losses
 _LAYOUT_STEPS = 20  # gradient steps after the layout's search: it only has to place things
 
 

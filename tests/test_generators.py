@@ -13,7 +13,9 @@ except ImportError:  # pragma: no cover
     TINY_GENERATOR_OPTIONS = {}
 
 VARIANTS = {
-    "pixels": [{"parametrization": "fourier"}, {"parametrization": "rgb"}, {"parametrization": "rgb", "downscale": 4}],
+    "pixels": [{"parametrization": "fourier"}, {"parametrization": "rgb"}, {"parametrization": "rgb", "downscale": 4},
+               {"parametrization": "palette", "palette": "#ff0000,#00ff00,#0000ff", "downscale": 2},
+               {"parametrization": "palette", "palette": "#ff0000,#00ff00,#0000ff", "hard": True}],
     "primitives": [{"count": 2}, {"count": 1, "edge": 2.0, "palette": "none"}, {"palette": "#ff0000,#00ff00,#0000ff", "edge": 2.0}],
 }
 

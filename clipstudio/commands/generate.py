@@ -30,6 +30,10 @@ HELPS = {
     "dtype": "float32, or bfloat16/float16 to run the CLIP forward under autocast where the device supports it",
     "cut_mode": "crops: random square crops; pooled: the whole image, avg+max pooled (the classic cutouts)",
     "channels_last": "channels_last memory for convolutional models (same numbers; faster on CPU)",
+    "grad_norm": "scale each latent's gradient to unit L2 norm before the optimizer step",
+    "ema": "decay of an EMA of the latents that renders the output (0: off)",
+    "latent_l2": "weight of an L2 pull of the latents toward zero (the init's, with --init-image)",
+    "latent_l2_schedule": "how the latent L2 weight decays to 0 over the steps",
 }
 FLAGS = {"image_prompts": "image-prompt", "augments": "augment"}
 SHORTHAND_LOSSES = {"tv": "total-variation weight", "anchor": "MSE-to-init-image weight",
@@ -45,7 +49,7 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=S)
     add_dataclass_options(parser, GenerateConfig, helps=HELPS, flags=FLAGS, skip=("prompt", "width", "height"),
                           choices={"optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                                   "cut_mode": CUT_MODES})
+                                   "cut_mode": CUT_MODES, "latent_l2_schedule": SCHEDULES})
     parser.add_argument("--gen-opt", type=key_value, action="append", default=S, metavar="KEY=VALUE",
                         help="a generator option, e.g. parametrization=rgb or vae=taef2")
     parser.add_argument("--layout-opt", type=key_value, action="append", default=S, metavar="KEY=VALUE",

@@ -23,7 +23,7 @@ class GeneratorEntry:
 GENERATORS: dict[str, GeneratorEntry] = {
     "pixels": GeneratorEntry(
         "clipstudio.generators.pixels:PixelGenerator", None,
-        "raw pixels, as RGB or a Fourier/colour-decorrelated image (option parametrization=rgb|fourier)",
+        "raw pixels: RGB, a Fourier/colour-decorrelated image, or logits over a palette (parametrization=)",
     ),
     "primitives": GeneratorEntry(
         "clipstudio.generators.primitives:PrimitivesGenerator", None,

@@ -1,5 +1,7 @@
-"""The ``pixels`` generator: raw RGB, or a Fourier-space, colour-decorrelated image (Olah et al. 2017,
-"Feature Visualization"; Mordvintsev et al. 2018, "Differentiable Image Parameterizations")."""
+"""The ``pixels`` generator: raw RGB, a Fourier-space, colour-decorrelated image (Olah et al. 2017,
+"Feature Visualization"; Mordvintsev et al. 2018, "Differentiable Image Parameterizations"), or per-pixel
+logits over a limited palette (as pixray's palette option; the world's recipe names the colours), the logits
+a 1/f spectrum as the Fourier colours are, so that colour regions come out whole rather than as speckle."""
 from __future__ import annotations
 
 import torch
@@ -7,11 +9,13 @@ from torch import nn
 
 from ..errors import ClipstudioError
 from .base import Generator, clamp_with_grad, resize_init
+from .primitives import parse_palette, straight_through_choice
 
 # Square root of the colour correlation of ImageNet, from lucid; columns are scaled to unit max norm.
 _COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR_CORRELATION = _COLOR_CORRELATION_SQRT / _COLOR_CORRELATION_SQRT.norm(dim=0).max()
-PARAMETRIZATIONS = ("fourier", "rgb")
+PARAMETRIZATIONS = ("fourier", "rgb", "palette")
+PALETTE_SHARPNESS = 10.0  # logits of an init image: minus this times the squared distance to each colour
 
 
 def rfft2d_freqs(height: int, width: int) -> torch.Tensor:
@@ -37,6 +41,14 @@ def _number(value: float | str, name: str, cast=float):
         raise ClipstudioError(f"pixels option {name} must be a number, got {value!r}") from None
 
 
+def _flag(value: bool | str, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ClipstudioError(f"pixels option {name} must be true or false, got {value!r}")
+    return str(value).lower() in ("true", "1", "yes")
+
+
 def _logit(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     x = x.clamp(eps, 1 - eps)
     return torch.log(x / (1 - x))
@@ -47,7 +59,7 @@ class PixelGenerator(Generator):
 
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None,
                  parametrization: str = "fourier", decay: float | str = 1.0, init_noise: float | str = 0.01,
-                 downscale: int | str = 1, **options):
+                 downscale: int | str = 1, palette: str = "none", hard: bool | str = False, **options):
         super().__init__(size, init_image, **options)
         decay, init_noise, downscale = _number(decay, "decay"), _number(init_noise, "init_noise"), _number(
             downscale, "downscale", int)
@@ -56,6 +68,10 @@ class PixelGenerator(Generator):
                 f"unknown pixels parametrization '{parametrization}'; choose one of: {', '.join(PARAMETRIZATIONS)}"
             )
         self.parametrization = parametrization
+        self.hard = _flag(hard, "hard")  # palette: one colour a pixel, straight-through
+        colours = parse_palette(palette)
+        if (colours is None) != (parametrization != "palette"):
+            raise ClipstudioError("pixels option palette='#rrggbb,...' goes with parametrization=palette, and only there")
         # Optimizing a coarser grid and upsampling it removes the pixel-scale textures that fool CLIP.
         self.downscale = max(1, downscale)
         h, w = max(1, round(self.height / self.downscale)), max(1, round(self.width / self.downscale))
@@ -66,8 +82,12 @@ class PixelGenerator(Generator):
             self.rgb = nn.Parameter(start.clone())
             return
         self.register_buffer("scale", spectrum_scale(h, w, decay), persistent=False)
+        channels = 3
+        if parametrization == "palette":
+            self.register_buffer("palette", colours, persistent=False)
+            channels = len(colours)
         if init is None:
-            spectrum = init_noise * torch.randn(1, 3, *self.scale.shape, dtype=torch.complex64)
+            spectrum = init_noise * torch.randn(1, channels, *self.scale.shape, dtype=torch.complex64)
         else:
             spectrum = self._image_to_spectrum(init)
         self.spectrum = nn.Parameter(torch.view_as_real(spectrum).contiguous())
@@ -75,10 +95,34 @@ class PixelGenerator(Generator):
     def _decorrelated_to_rgb(self, t: torch.Tensor) -> torch.Tensor:
         return torch.einsum("ij,njhw->nihw", COLOR_CORRELATION.to(t), t)
 
+    def _image_to_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Palette logits that favour each pixel's nearest colours (the inverse of the soft mixture, roughly)."""
+        distance = ((image[:, None] - self.palette.to(image)[None, :, :, None, None]) ** 2).sum(2)
+        return -PALETTE_SHARPNESS * distance
+
+    def _spectrum_to_planes(self) -> torch.Tensor:
+        """The spectrum's image planes: decorrelated colours before the sigmoid, or the palette's logits."""
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        return torch.fft.irfft2(spectrum, s=self.grid, norm="ortho") / 4.0
+
+    def palette_logits(self) -> torch.Tensor:
+        """The palette's per-pixel logits, (1, colours, h, w) on the optimized grid."""
+        return self._spectrum_to_planes()
+
+    def _palette_image(self) -> torch.Tensor:
+        """Each pixel a softmax mixture of the palette's colours (or, ``hard``, its likeliest colour forward
+        and the softmax's gradient backward)."""
+        logits = self.palette_logits().movedim(1, -1)
+        weights = straight_through_choice(logits) if self.hard else logits.softmax(-1)
+        return (weights @ self.palette).movedim(-1, 1)
+
     def _image_to_spectrum(self, image: torch.Tensor) -> torch.Tensor:
-        # Invert forward(): sigmoid, colour mixing, inverse FFT, and the /4 and 1/f scaling.
-        decorrelated = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_CORRELATION), _logit(image))
-        return torch.fft.rfft2(decorrelated * 4.0, norm="ortho") / self.scale
+        # Invert forward(): sigmoid and colour mixing (or the palette's logits), inverse FFT, /4 and 1/f.
+        if self.parametrization == "palette":
+            planes = self._image_to_logits(image)
+        else:
+            planes = torch.einsum("ij,njhw->nihw", torch.linalg.inv(COLOR_CORRELATION), _logit(image))
+        return torch.fft.rfft2(planes * 4.0, norm="ortho") / self.scale
 
     @torch.no_grad()
     def set_image(self, image: torch.Tensor) -> bool:
@@ -95,10 +139,10 @@ class PixelGenerator(Generator):
     def forward(self) -> torch.Tensor:
         if self.parametrization == "rgb":
             image = self.rgb
+        elif self.parametrization == "palette":
+            image = self._palette_image()
         else:
-            spectrum = torch.view_as_complex(self.spectrum) * self.scale
-            image = torch.fft.irfft2(spectrum, s=self.grid, norm="ortho") / 4.0
-            image = torch.sigmoid(self._decorrelated_to_rgb(image))
+            image = torch.sigmoid(self._decorrelated_to_rgb(self._spectrum_to_planes()))
         if self.grid != (self.height, self.width):
             image = nn.functional.interpolate(image, size=(self.height, self.width), mode="bilinear",
                                               align_corners=False)
