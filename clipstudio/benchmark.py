@@ -167,7 +167,8 @@ def describe(config: GenerateConfig) -> dict[str, Any]:
     return {"generator": config.generator, "generator_options": dict(config.generator_options),
             "clip": list(config.clip), "size": [config.width, config.height], "cutn": config.cutn,
             "cut_mode": config.cut_mode, "augments": list(config.augments), "dtype": config.dtype,
-            "channels_last": config.channels_last, "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()}
+            "channels_last": config.channels_last,
+            "fast_augments": config.fast_augments, "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()}
 
 
 def floor_jobs(studio: Studio) -> dict[str, Callable[[], None]]:

@@ -30,6 +30,7 @@ HELPS = {
     "dtype": "float32, or bfloat16/float16 to run the CLIP forward under autocast where the device supports it",
     "cut_mode": "crops: random square crops; pooled: the whole image, avg+max pooled (the classic cutouts)",
     "channels_last": "channels_last memory for convolutional models (same numbers; faster on CPU)",
+    "fast_augments": "apply the augmentations without kornia's per-call machinery (same cutouts; faster)",
 }
 FLAGS = {"image_prompts": "image-prompt", "augments": "augment"}
 SHORTHAND_LOSSES = {"tv": "total-variation weight", "anchor": "MSE-to-init-image weight",
