@@ -113,14 +113,17 @@ def _normalizer(height: int, width: int, align_corners: bool) -> torch.Tensor:
 
 
 def warp(image: torch.Tensor, matrix: torch.Tensor, padding_mode: str = "zeros",
-         align_corners: bool = False) -> torch.Tensor:
+         align_corners: bool = False, affine: bool | None = None) -> torch.Tensor:
     """Warp ``image`` (N, C, H, W) by pixel homographies ``matrix`` (N, 3, 3, source to destination) onto
     its own size, bilinear: kornia's ``warp_affine`` / ``warp_perspective`` as one ``affine_grid`` (or one
-    projective grid) and one ``grid_sample``."""
+    projective grid) and one ``grid_sample``. The matrices are inverted where they are (kornia draws them on
+    the CPU), so a GPU run neither launches small kernels nor waits for them."""
     n, channels, height, width = image.shape
-    norm = _normalizer(height, width, align_corners).to(matrix)
-    theta = (norm @ torch.linalg.inv(matrix.double()).to(matrix) @ torch.linalg.inv(norm)).to(image)
-    affine = bool((matrix[:, 2, :2] == 0).all())
+    norm = _normalizer(height, width, align_corners).double()
+    theta = norm @ torch.linalg.inv(matrix.double()) @ torch.linalg.inv(norm)
+    theta = theta.to(image.device, image.dtype)
+    if affine is None:
+        affine = bool((matrix[:, 2, :2] == 0).all())
     if affine:
         grid = nn.functional.affine_grid(theta[:, :2], [n, channels, height, width], align_corners=align_corners)
     else:
@@ -143,13 +146,12 @@ def _geometric(aug: nn.Module, image: torch.Tensor, params: dict) -> torch.Tenso
     if flags["resample"].name.lower() != "bilinear" or flags.get("fill_value") is not None:
         return None
     if type(aug) is K.RandomAffine:
-        matrix = affine_matrix({k: v.to(image.device, image.dtype) for k, v in params.items()
+        matrix = affine_matrix({k: v.double() for k, v in params.items()
                                 if k in ("angle", "scale", "shear_x", "shear_y", "center", "translations")})
-        return warp(image, matrix, flags["padding_mode"].name.lower(), flags["align_corners"])
-    if type(aug) is K.RandomPerspective:
-        matrix = aug.compute_transformation(image, params, flags)
-        return warp(image, matrix, "zeros", flags["align_corners"])
-    return None
+        return warp(image, matrix, flags["padding_mode"].name.lower(), flags["align_corners"], affine=True)
+    points = {k: params[k].double() for k in ("start_points", "end_points")}
+    matrix = aug.compute_transformation(points["start_points"], points, flags)  # kornia's 8-point solve
+    return warp(image, matrix, "zeros", flags["align_corners"], affine=False)
 
 
 def has_fast_path(aug: nn.Module) -> bool:
