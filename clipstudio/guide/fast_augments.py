@@ -32,9 +32,11 @@ def adjust_hue(image: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     max_rgb = image.amax(dim=1, keepdim=True)
     min_rgb = image.amin(dim=1, keepdim=True)
     delta = max_rgb - min_rgb
-    saturation = delta / torch.where(max_rgb == 0, torch.ones_like(max_rgb), max_rgb + 1e-8)
+    # Kornia's guarded divisors, where(max == 0, 1, max + 1e-8) and where(delta == 0, 1, delta), as sums: the
+    # same float32 values (1 + 1e-8 rounds to 1), and the gradients differ only where they are multiplied by 0.
+    saturation = delta / (max_rgb + 1e-8 + (max_rgb == 0).to(image.dtype))
     chroma = max_rgb * saturation
-    delta = torch.where(delta == 0, torch.ones_like(delta), delta)
+    delta = delta + (delta == 0).to(image.dtype)
     # The sextant as kornia's rgb_to_hsv picks it (red is largest, else green, else blue), from the distances to
     # the largest channel as there, so ties split their gradient as kornia's do.
     r, g, b = (channel.unsqueeze(1) for channel in image.unbind(1))
@@ -70,19 +72,30 @@ def _colour_steps(aug: nn.Module) -> tuple | None:
 def _apply_colour(aug: nn.Module, steps: tuple, image: torch.Tensor, params: dict) -> torch.Tensor:
     """Kornia's colour jitter: clamp, the four steps in the drawn order (a step whose factors are all neutral
     is skipped), clamp."""
-    from kornia.augmentation._2d.intensity.base import _clamp_unit_range
-
     if getattr(aug, "_fixed_order", None) is not None:
         order = list(aug._fixed_order)
     else:
         order = params["order"].tolist()
     factors = (params["brightness_factor"], params["contrast_factor"], params["saturation_factor"],
                params["hue_factor"])
-    out = _clamp_unit_range(image)
+    out = _clamp_unit(image)
     for index in order:
         if bool((factors[index] != _NEUTRAL[index]).any()):
             out = steps[index](out, factors[index])
-    return _clamp_unit_range(out)
+    return _clamp_unit(out)
+
+
+def _clamp_unit(image: torch.Tensor) -> torch.Tensor:
+    """Kornia's clamp to [0, 1] (identity gradient inside), skipped on the CPU when every value is inside
+    already: the same values and gradient for one reduction instead of a clamp, a compare and a select (on
+    other devices the check would wait for the device, so the clamp runs)."""
+    from kornia.augmentation._2d.intensity.base import _clamp_unit_range
+
+    if image.device.type == "cpu" and image.numel():
+        low, high = image.detach().aminmax()
+        if bool(low >= 0) and bool(high <= 1):  # False for NaN: the clamp then runs
+            return image
+    return _clamp_unit_range(image)
 
 
 def affine_matrix(params: dict) -> torch.Tensor:
