@@ -450,9 +450,15 @@ class Studio:
                               seconds=seconds, history=list(self.history))
 
 
+_NOT_COMPARED_ON_RESUME = ("device", "fast_augments")  # where it runs, and how fast: not what it makes
+
+
 def _portable(settings: Any) -> Any:
-    """Settings without the device: a checkpoint resumes on another machine (CUDA, MPS or CPU)."""
-    return {k: v for k, v in settings.items() if k != "device"} if isinstance(settings, dict) else settings
+    """Settings without the device and speed-only settings: a checkpoint resumes on another machine (CUDA, MPS
+    or CPU), and one written before ``fast_augments`` existed still resumes."""
+    if not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in _NOT_COMPARED_ON_RESUME}
 
 
 def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:

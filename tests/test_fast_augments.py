@@ -107,3 +107,18 @@ def test_fast_cutouts_draw_what_kornia_draws():
     for da, db in zip(a.augment, b.augment):
         assert da.keys() == db.keys()
         assert all(torch.equal(da[k], db[k]) for k in da)
+
+
+def test_a_checkpoint_from_before_fast_augments_resumes(tiny_clip):
+    from clipstudio.config import GenerateConfig
+    from clipstudio.studio import Studio
+
+    config = GenerateConfig(prompt="a red circle", clip=[tiny_clip], width=32, height=32, cutn=2, steps=3,
+                            generator="pixels")
+    studio = Studio(config)
+    studio.step()
+    state = studio.state_dict()
+    del state["settings"]["fast_augments"]  # as a run state written before the setting existed
+    other = Studio(GenerateConfig.from_dict({**config.to_full_dict(), "fast_augments": False}))
+    other.load_state_dict(state)
+    assert other.step_index == 1 and not other.cutouts.fast
