@@ -3,10 +3,12 @@
 A cutout batch is small (16 cutouts of 32 px in the shapes world), so a kornia augmentation's time is mostly
 its generic ``forward``: input checks, the gate over the batch, a transform matrix for every sample and a
 ``where`` that blends the transformed and untouched samples. :func:`apply_augment` replays the parameters that
-the kornia module drew (``forward_parameters``, so the distributions are kornia's own) through the module's
-own ``compute_transformation`` and ``apply_transform``, on the gated samples only. The numbers are kornia's,
-with one exception: the hue step of the colour jitters is :func:`adjust_hue`, a direct formula that agrees
-with :func:`kornia.enhance.adjust_hue` to float32 rounding in a third of the operations.
+the kornia module drew (``forward_parameters``, so the distributions are kornia's own) on the gated samples
+only: affine and perspective warps as one grid and one ``grid_sample`` (:func:`warp`, the matrices solved on
+the CPU in float64), the colour jitters through kornia's own step functions except the hue step
+(:func:`adjust_hue`, a direct formula in a third of the operations), anything else through the module's
+``apply_transform``. The cutouts equal kornia's to float32 rounding; where two colour channels tie exactly,
+the hue step splits the gradient between them where kornia hands it to one (the sum is the same).
 
 Augmentations without a fast path (e.g. a registry entry added later) run through kornia's ``forward``.
 """
@@ -17,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-# The per-step functions of kornia's colour jitters, in its order (brightness, contrast, saturation, hue).
+# The neutral factor of each colour step, in kornia's order (brightness, contrast, saturation, hue).
 _NEUTRAL = (1.0, 1.0, 1.0, 0.0)
 
 
