@@ -65,6 +65,7 @@ class BenchResult:
     floor_parts: dict[str, float] = field(default_factory=dict)
     search_s: float = 0.0
     plain_step_s: float | None = None  # the classic preset: the plain reference loop's step
+    kornia_step_s: float | None = None  # --kornia-baseline: the same step with kornia's augmentation forward
 
     @property
     def overhead(self) -> float:
@@ -75,6 +76,8 @@ class BenchResult:
         data["overhead"] = self.overhead
         if self.plain_step_s is not None:
             data["ours_vs_plain"] = self.step_s / self.plain_step_s
+        if self.kornia_step_s is not None:
+            data["ours_vs_kornia"] = self.step_s / self.kornia_step_s
         if self.backend == "diffuse":
             data.pop("floor_parts", None), data.pop("search_s", None)
         return data
@@ -167,7 +170,8 @@ def describe(config: GenerateConfig) -> dict[str, Any]:
     return {"generator": config.generator, "generator_options": dict(config.generator_options),
             "clip": list(config.clip), "size": [config.width, config.height], "cutn": config.cutn,
             "cut_mode": config.cut_mode, "augments": list(config.augments), "dtype": config.dtype,
-            "channels_last": config.channels_last, "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()}
+            "channels_last": config.channels_last,
+            "fast_augments": config.fast_augments, "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()}
 
 
 def floor_jobs(studio: Studio) -> dict[str, Callable[[], None]]:
@@ -191,9 +195,11 @@ def floor_jobs(studio: Studio) -> dict[str, Callable[[], None]]:
 
 
 def bench_studio(config: GenerateConfig, repeat: int = 3, warmup: int = 1, clock: str = "auto",
-                 plain: bool = False, trust_checkpoint: bool = False) -> BenchResult:
+                 plain: bool = False, trust_checkpoint: bool = False, kornia_baseline: bool = False) -> BenchResult:
     """Seconds per step of ``Studio.step`` (its search timed apart), against the floor; with ``plain``, the
-    classic preset's plain reference loop (:class:`PlainClassicLoop`) is timed in the same rounds."""
+    classic preset's plain reference loop (:class:`PlainClassicLoop`) is timed in the same rounds; with
+    ``kornia_baseline``, the same studio's step with its augmentations through kornia's ``forward``
+    (``fast_augments`` off), so a run measures what the fast replay saves."""
     config = validate_config(config)
     studio = Studio(config, trust_checkpoint=trust_checkpoint)
     timer = Timer(studio.device, clock)
@@ -201,6 +207,8 @@ def bench_studio(config: GenerateConfig, repeat: int = 3, warmup: int = 1, clock
     jobs: dict[str, Callable[[], Any]] = {"step": studio.step, **floor_jobs(studio)}
     if plain:
         jobs["plain"] = PlainClassicLoop.beside(studio).step
+    if kornia_baseline:
+        jobs["kornia_step"] = _kornia_step(studio)
     reset_peak_memory(studio.device)
     samples = interleaved(timer, jobs, repeat, warmup)
     median = {name: statistics.median(values) for name, values in samples.items()}
@@ -210,8 +218,22 @@ def bench_studio(config: GenerateConfig, repeat: int = 3, warmup: int = 1, clock
         floor_s=median["clip"] + median["generator"], peak_memory_mb=memory, memory=kind, repeat=repeat,
         clock=timer.clock, samples=samples, search_s=search_s,
         floor_parts={"clip": median["clip"], "generator": median["generator"]},
-        plain_step_s=median.get("plain"),
+        plain_step_s=median.get("plain"), kornia_step_s=median.get("kornia_step"),
     )
+
+
+def _kornia_step(studio: Studio) -> Callable[[], Any]:
+    """``studio.step`` with every cutout augmentation run through kornia's ``forward``."""
+
+    def step() -> None:
+        fast = studio.cutouts.fast
+        studio.cutouts.fast = False
+        try:
+            studio.step()
+        finally:
+            studio.cutouts.fast = fast
+
+    return step
 
 
 # --- the plain reference of the classic loop -------------------------------------------------------------
@@ -371,6 +393,8 @@ def format_table(result: BenchResult) -> str:
     rows += [("overhead", data["overhead"])]
     if "plain_step_s" in data:
         rows += [("plain_step_s", data["plain_step_s"]), ("ours_vs_plain", data["ours_vs_plain"])]
+    if "kornia_step_s" in data:
+        rows += [("kornia_step_s", data["kornia_step_s"]), ("ours_vs_kornia", data["ours_vs_kornia"])]
     if data["backend"] == "generate":
         rows += [("search_s (not in step_s)", data["search_s"])]
     rows += [(f"peak_memory_mb ({data['memory']})", data["peak_memory_mb"]), ("repeat", data["repeat"])]

@@ -158,6 +158,9 @@ class GenerateConfig(Settings):
     dtype: str = "float32"  # bfloat16 or float16: the losses (the CLIP forward) run under autocast where supported
     # Speed: channels_last memory for convolutional generators and guides (the same numbers, faster on CPU).
     channels_last: bool = True
+    # Speed: replay kornia's augmentation draws without its per-call machinery (the same cutouts to float32
+    # rounding; at channels tied exactly the hue step's gradient is split between them). False: kornia's forward.
+    fast_augments: bool = True
 
     def validate(self) -> GenerateConfig:
         """Check values a user can get wrong (types, ranges, finiteness); each problem is one line of error.

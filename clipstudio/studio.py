@@ -144,7 +144,8 @@ class Studio:
         if config.channels_last:  # the same numbers; convolutions run faster in this layout on CPU
             to_channels_last(self.generator)
         self.cutouts = Cutouts(max(g.image_size for g in self.guides), config.cutn, config.cut_pow,
-                               config.cut_min, config.augments, config.cut_noise, config.cut_mode).to(self.device)
+                               config.cut_min, config.augments, config.cut_noise, config.cut_mode,
+                               fast=config.fast_augments).to(self.device)
         self.losses, self.weights = self._build_losses()
         params = [p for p in self.generator.parameters() if p.requires_grad]
         if not params:
@@ -285,7 +286,7 @@ class Studio:
         if not c.search_cutn or c.search_cutn == c.cutn:
             return self.cutouts
         return Cutouts(self.cutouts.size, c.search_cutn, c.cut_pow, c.cut_min, c.augments, c.cut_noise,
-                       c.cut_mode).to(self.device)
+                       c.cut_mode, fast=c.fast_augments).to(self.device)
 
     def _coordinate_descent(self, choices: list[Choice], sweeps: int, params: CutoutParams,
                             cutter: Cutouts) -> float:
@@ -545,10 +546,15 @@ def _with_defaults(settings: Any) -> Any:
     """Saved settings with the settings added since they were saved at their defaults (which change nothing)."""
     return {**GenerateConfig().to_full_dict(), **settings} if isinstance(settings, dict) else settings
 
+_NOT_COMPARED_ON_RESUME = ("device", "fast_augments")  # where it runs, and how fast: not what it makes
+
 
 def _portable(settings: Any) -> Any:
-    """Settings without the device: a checkpoint resumes on another machine (CUDA, MPS or CPU)."""
-    return {k: v for k, v in settings.items() if k != "device"} if isinstance(settings, dict) else settings
+    """Settings without the device and speed-only settings: a checkpoint resumes on another machine (CUDA, MPS
+    or CPU), and one written before ``fast_augments`` existed still resumes."""
+    if not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in _NOT_COMPARED_ON_RESUME}
 
 
 def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
@@ -573,7 +579,7 @@ def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
     layout generator with ``layout_options`` and the default schedule."""
     keep = ("prompt", "negative", "image_prompts", "clip", "width", "height", "seed", "cutn", "cut_pow",
             "cut_min", "cut_noise", "augments", "weights_dir", "device", "dtype", "search", "search_restarts",
-            "search_cutn", "cut_mode", "channels_last")
+            "search_cutn", "cut_mode", "channels_last", "fast_augments")
     return GenerateConfig(**{name: getattr(config, name) for name in keep}, generator=layout,
                           generator_options=dict(config.layout_options), steps=_LAYOUT_STEPS)
 

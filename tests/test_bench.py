@@ -11,6 +11,7 @@ from clipstudio import benchmark
 from clipstudio.cli import main
 from clipstudio.config import GenerateConfig
 from clipstudio.guide.cutouts import AUGMENTS, CLASSIC_AUGMENTS, Cutouts
+from clipstudio.studio import Studio
 
 
 def bench_json(argv, capsys) -> dict:
@@ -38,6 +39,23 @@ def test_generate_bench_json_schema(tiny_clip, capsys):
     assert settings["cutn"] == 3 and settings["dtype"] == "float32" and settings["device"] == "cpu"
     assert {"augments", "cut_mode", "channels_last", "threads"} <= set(settings)
     assert "plain_step_s" not in data  # only the classic preset runs the plain loop
+
+
+def test_kornia_baseline_times_the_same_step_through_kornias_forward(tiny_clip, capsys):
+    data = bench_json(["a red circle", "--clip", tiny_clip, "--size", "32", "32", "--cutn", "3",
+                       "--generator", "pixels", "--kornia-baseline"], capsys)
+    check_schema(data, benchmark.GENERATE_KEYS)
+    assert data["settings"]["fast_augments"] is True
+    assert len(data["samples"]["kornia_step"]) == data["repeat"] and data["kornia_step_s"] > 0
+    assert data["ours_vs_kornia"] == pytest.approx(data["step_s"] / data["kornia_step_s"])
+
+
+def test_kornia_baseline_leaves_the_fast_path_on(tiny_clip):
+    config = GenerateConfig(prompt="a red circle", clip=[tiny_clip], width=32, height=32, cutn=2, steps=3,
+                            generator="pixels")
+    studio = Studio(config)
+    benchmark._kornia_step(studio)()
+    assert studio.cutouts.fast and studio.step_index == 1
 
 
 def test_table_names_every_figure(tiny_clip, capsys):

@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", choices=("classic",), default=None,
                         help="classic: the VQGAN+CLIP notebooks' step (256 px, ViT-B-32, VQGAN f16 16384, cutn 32, "
                              "pooled cutouts, their augmentations), timed beside a plain implementation of it")
+    parser.add_argument("--kornia-baseline", action="store_true",
+                        help="also time the same step with the augmentations through kornia's forward "
+                             "(--no-fast-augments), in the same rounds: ours_vs_kornia")
     parser.add_argument("--random-weights", action="store_true",
                         help="real architectures with random weights (nothing downloaded): for timing only")
     parser.add_argument("--repeat", type=int, default=3, help="timed steps (the median is reported)")
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
                                          warmup=args.bench_warmup, device=getattr(args, "device", "auto"), clock=args.clock)
     else:
         result = benchmark.bench_studio(_config(args), repeat=args.repeat, warmup=args.bench_warmup, clock=args.clock,
-                                        plain=args.preset == "classic", trust_checkpoint=args.trust_checkpoint)
+                                        plain=args.preset == "classic", trust_checkpoint=args.trust_checkpoint,
+                                        kornia_baseline=args.kornia_baseline)
     print(json.dumps(result.to_dict(), indent=1) if args.json else benchmark.format_table(result))
     return 0
 

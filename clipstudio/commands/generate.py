@@ -34,6 +34,7 @@ HELPS = {
     "ema": "decay of an EMA of the latents that renders the output (0: off)",
     "latent_l2": "weight of an L2 pull of the latents toward zero (the init's, with --init-image)",
     "latent_l2_schedule": "how the latent L2 weight decays to 0 over the steps",
+    "fast_augments": "apply the augmentations without kornia's per-call machinery (same cutouts; faster)",
 }
 FLAGS = {"image_prompts": "image-prompt", "augments": "augment"}
 SHORTHAND_LOSSES = {"tv": "total-variation weight", "anchor": "MSE-to-init-image weight",

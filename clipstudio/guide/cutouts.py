@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import CUT_MODES  # a random square crop resized to the guide's input, or the whole image pooled
 from ..errors import ClipstudioError
+from .fast_augments import apply_augment
 
 # Augmentation registry: name -> factory of a kornia augmentation. Flips are absent on purpose:
 # they would swap "left" and "right" in the prompt's meaning.
@@ -98,7 +99,7 @@ class Cutouts(nn.Module):
 
     def __init__(self, size: int, cutn: int = 16, cut_pow: float = 1.0, cut_min: float = 0.5,
                  augments: list[str] | tuple[str, ...] = DEFAULT_AUGMENTS, noise: float = 0.05,
-                 mode: str = "crops"):
+                 mode: str = "crops", fast: bool = True):
         super().__init__()
         if cutn < 1:
             raise ClipstudioError(f"cutn must be at least 1, got {cutn}")
@@ -108,6 +109,9 @@ class Cutouts(nn.Module):
             raise ClipstudioError(f"unknown cut mode '{mode}'; choose one of: {', '.join(CUT_MODES)}")
         self.size, self.cutn, self.cut_pow, self.cut_min, self.noise = size, cutn, cut_pow, cut_min, noise
         self.mode = mode
+        # fast: replay kornia's draws without its per-call machinery (guide/fast_augments.py); the same
+        # cutouts to float32 rounding. False: through each kornia module's forward.
+        self.fast = fast
         self.augment_names = list(augments)
         self.augments = nn.ModuleList(build_augments(self.augment_names))
 
@@ -135,7 +139,7 @@ class Cutouts(nn.Module):
             params = params.tiled(image.shape[0])
         cuts = self._views(image, params.boxes.to(image.device), params.same_view)
         for aug, aug_params in zip(self.augments, params.augment):
-            cuts = aug(cuts, params=aug_params)
+            cuts = apply_augment(aug, cuts, aug_params) if self.fast else aug(cuts, params=aug_params)
         return (cuts + params.noise.to(image.device)).clamp(0, 1)
 
     def _views(self, image: torch.Tensor, boxes: torch.Tensor, same_view: bool) -> torch.Tensor:
