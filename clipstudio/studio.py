@@ -546,6 +546,7 @@ def _with_defaults(settings: Any) -> Any:
     """Saved settings with the settings added since they were saved at their defaults (which change nothing)."""
     return {**GenerateConfig().to_full_dict(), **settings} if isinstance(settings, dict) else settings
 
+
 _NOT_COMPARED_ON_RESUME = ("device", "fast_augments")  # where it runs, and how fast: not what it makes
 
 
