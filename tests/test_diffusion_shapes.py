@@ -320,6 +320,27 @@ def test_embedded_flow_model_samples_with_flow_euler():
     assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
 
 
+def test_embedded_reward_model_is_shapes_diffusion_fine_tuned_with_its_rounds_on_record():
+    """`diffuse --model shapes-diffusion-reward`: the RAFT fine-tune (issue 18) loads like shapes-diffusion, its
+    weights differ, and its card names both rounds' commands and its measured figures."""
+    import json
+    from clipstudio import embedded
+    from clipstudio.checkpoints import load_checkpoint
+    from clipstudio.diffusion.backend import load_embedded_backend
+    be = load_embedded_backend("shapes-diffusion-reward")
+    assert be.default_sampler == "ddim"
+    img = be.generate("a red circle on a blue background", steps=2, seed=0)
+    assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
+    tuned = load_checkpoint(embedded.embedded_model("shapes-diffusion-reward", "diffusion").checkpoint)
+    base = load_checkpoint(embedded.embedded_model("shapes-diffusion", "diffusion").checkpoint)
+    assert tuned["reward_finetune"]["method"] == "raft" and tuned["unet"].keys() == base["unet"].keys()
+    assert any(not torch.equal(tuned["unet"][k], base["unet"][k]) for k in base["unet"])
+    card = json.loads(embedded.embedded_model("shapes-diffusion-reward", "diffusion").card.read_text())
+    assert [r["round"] for r in card["rounds"]] == [1, 2]
+    assert all("--method raft" in r["command"] for r in card["rounds"])
+    assert card["eval"]["pass_rate"]["n"] == 100 and card["eval"]["colour_spread"]["distinct"] >= 5
+
+
 @pytest.mark.slow
 def test_shipped_flow_model_meets_its_target_on_unseen_prompts():
     """Issue 16's target, >= 90% at 25 flow-euler steps, on a prompt set that chose nothing about the model."""
