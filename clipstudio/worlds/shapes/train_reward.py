@@ -204,6 +204,10 @@ class ShapesParts:
     alphas_cumprod: torch.Tensor
     prediction: str
 
+    def unet_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet as a ``model_fn(x, t, cond)`` of :mod:`clipstudio.diffusion.reward`."""
+        return self.unet(x, t, encoder_hidden_states=cond).sample
+
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         cfg = self.unet.config
@@ -384,10 +388,8 @@ def sample_latents(parts: ShapesParts, prompts: Sequence[str], guidance: float, 
     emb = parts.text(list(prompts) + [""])
     cond, uncond = emb[:-1], emb[-1:]
 
-    def unet_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return parts.unet(x, t, encoder_hidden_states=c).sample
-
-    fn = R.eps_model(R.guided_model(unet_fn, cond, uncond, float(guidance)), parts.alphas_cumprod, parts.prediction)
+    guided = R.guided_model(parts.unet_fn, cond, uncond, float(guidance))
+    fn = R.eps_model(guided, parts.alphas_cumprod, parts.prediction)
     ts = R.trailing_timesteps(len(parts.alphas_cumprod), steps)
     return R.ddim_sample_draft(fn, noise, ts, parts.alphas_cumprod, grad_steps, checkpoint)
 
@@ -429,10 +431,7 @@ def rwr_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Call
     t = torch.randint(0, len(parts.alphas_cumprod), (len(repeated),), generator=gen)
     eps = torch.randn(z.shape, generator=gen)
 
-    def unet_fn(x: torch.Tensor, tt: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return parts.unet(x, tt, encoder_hidden_states=c).sample
-
-    losses = denoising_losses(unet_fn, z, parts.text(repeated), t, eps, parts.alphas_cumprod, parts.prediction)
+    losses = denoising_losses(parts.unet_fn, z, parts.text(repeated), t, eps, parts.alphas_cumprod, parts.prediction)
     return (weights * losses).mean(), rewards, guidance
 
 
@@ -508,10 +507,7 @@ def raft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Cal
     t = torch.randint(0, len(parts.alphas_cumprod), (len(idx),), generator=gen)
     eps = torch.randn(z.shape, generator=gen)
 
-    def unet_fn(x: torch.Tensor, tt: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return parts.unet(x, tt, encoder_hidden_states=c).sample
-
-    losses = denoising_losses(unet_fn, z, parts.text(captions), t, eps, parts.alphas_cumprod, parts.prediction)
+    losses = denoising_losses(parts.unet_fn, z, parts.text(captions), t, eps, parts.alphas_cumprod, parts.prediction)
     return losses.mean(), data["rewards"][torch.as_tensor(idx)].max(1).values, config.raft_guidance
 
 
