@@ -387,7 +387,6 @@ def sample_latents(parts: ShapesParts, prompts: Sequence[str], guidance: float, 
     from clipstudio.diffusion import reward as R
     emb = parts.text(list(prompts) + [""])
     cond, uncond = emb[:-1], emb[-1:]
-
     guided = R.guided_model(parts.unet_fn, cond, uncond, float(guidance))
     fn = R.eps_model(guided, parts.alphas_cumprod, parts.prediction)
     ts = R.trailing_timesteps(len(parts.alphas_cumprod), steps)
