@@ -551,8 +551,9 @@ _NOT_COMPARED_ON_RESUME = ("device", "fast_augments")  # where it runs, and how 
 
 
 def _portable(settings: Any) -> Any:
-    """Settings without the device and speed-only settings: a checkpoint resumes on another machine (CUDA, MPS
-    or CPU), and one written before ``fast_augments`` existed still resumes."""
+    """Settings without those that change where or how fast a run goes, not what it makes (device,
+    ``fast_augments``): a checkpoint resumes on another machine or with the other augmentation path. Settings
+    added after a checkpoint was written are filled in by :func:`_with_defaults`."""
     if not isinstance(settings, dict):
         return settings
     return {k: v for k, v in settings.items() if k not in _NOT_COMPARED_ON_RESUME}

@@ -53,10 +53,6 @@ def adjust_hue(image: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 _CHANNEL_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
 
 
-def _hue_step(image: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return adjust_hue(image, factor)
-
-
 def _colour_steps(aug: nn.Module) -> tuple | None:
     """The four step functions of a kornia ColorJiggle or ColorJitter, with :func:`adjust_hue` for the hue."""
     import kornia.augmentation as K
@@ -64,10 +60,10 @@ def _colour_steps(aug: nn.Module) -> tuple | None:
 
     if type(aug) is K.ColorJiggle:
         return (color_jiggle._brightness_step, color_jiggle.adjust_contrast, color_jiggle.adjust_saturation,
-                _hue_step)
+                adjust_hue)
     if type(aug) is K.ColorJitter:
         return (color_jitter._adjust_brightness, color_jitter._adjust_contrast, color_jitter._adjust_saturation,
-                _hue_step)
+                adjust_hue)
     return None
 
 
