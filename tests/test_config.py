@@ -56,6 +56,24 @@ def test_a_recipe_section_for_the_named_generator_replaces_its_settings(tmp_path
         recipe_settings(str(recipe))
 
 
+def test_a_generator_sections_layouts_entry_applies_for_the_runs_layout(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("generator: primitives\nsteps: 5\ngenerators:\n  pixels:\n    layout: primitives\n    steps: 9\n"
+                      "    layouts: {none: {steps: 50, cut_noise: 0.6}}\n")
+    assert recipe_settings(str(recipe), {"generator": "pixels"}) == {
+        "generator": "pixels", "layout": "primitives", "steps": 9}
+    assert recipe_settings(str(recipe), {"generator": "pixels", "layout": "none"}) == {
+        "generator": "pixels", "layout": "none", "steps": 50, "cut_noise": 0.6}
+    assert recipe_settings(str(recipe), {"generator": "pixels", "layout": "none", "steps": 7})["steps"] == 7
+    assert recipe_settings(str(recipe)) == {"generator": "primitives", "steps": 5}  # no section for it
+    recipe.write_text("generators:\n  pixels: {layouts: {none: {stepz: 1}}}\n")
+    with pytest.raises(ClipstudioError, match="unknown setting"):
+        recipe_settings(str(recipe))
+    recipe.write_text("generators:\n  pixels: {layouts: {none: 3}}\n")
+    with pytest.raises(ClipstudioError, match="must map layout names to settings"):
+        recipe_settings(str(recipe))
+
+
 def test_core_defaults_are_neutral():
     """No world's policy in the core: no search, no layout, an open_clip guide (issue 10)."""
     config = GenerateConfig()

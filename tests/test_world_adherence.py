@@ -88,3 +88,28 @@ def test_sweep_runs_once_per_value_with_the_recipe_and_settings(monkeypatch, cap
     assert main(["eval", "generate", "-n", "2", "--set", "cutn=8", "--sweep", "steps=1,2", "--json"]) == 0
     assert [(c.steps, c.cutn, c.clip) for c in made] == [(1, 8, ["shapes-guide"])] * 2 + [(2, 8, ["shapes-guide"])] * 2
     assert capsys.readouterr().out.count('"pass_rate": 1.0') == 2
+
+
+def test_a_sweep_plots_pass_rate_and_evaluator_score_against_the_swept_setting(monkeypatch, tmp_path, capsys):
+    class StepsStudio:  # one step draws a grey square, two steps the true render: pass rates 0 and 1
+        def __init__(self, config):
+            self.config = config
+
+        def run(self):
+            if self.config.steps == 2:
+                return FakeResult(adherence.reference_image(self.config.prompt, 64, self.config.seed))
+            return FakeResult(Image.new("RGB", (64, 64), (128, 128, 128)))
+
+    monkeypatch.setattr(adherence, "Studio", StepsStudio)
+    plot = tmp_path / "steps.png"
+    assert main(["eval", "generate", "-n", "2", "--sweep", "steps=1,2", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert '"pass_rate": 0.0' in out and '"pass_rate": 1.0' in out
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.width > 200
+
+
+def test_plot_without_a_sweep_is_one_line(capsys):
+    assert main(["eval", "generate", "-n", "1", "--plot", "x.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--plot needs --sweep" in err[0]

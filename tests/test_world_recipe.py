@@ -31,3 +31,10 @@ def test_search_sizes_cover_the_size_bands():
 def test_every_layout_uses_the_same_primitives_options():
     for generator in ("pixels", "latent", "vqgan"):
         assert _primitives_options(generator) == _primitives_options()
+
+
+def test_a_run_from_noise_gets_heavy_cutout_noise_and_a_refining_run_does_not():
+    for generator in ("pixels", "latent"):
+        from_noise = recipe_settings("shapes", {"generator": generator, "layout": "none"})
+        refining = recipe_settings("shapes", {"generator": generator})
+        assert from_noise["cut_noise"] == 0.6 and "cut_noise" not in refining and refining["layout"] == "primitives"

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "--set 'augments=[\"affine\"]'")
     parser.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
                         help="evaluate once per value of one setting, e.g. --sweep steps=10,20,40")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="with --sweep: plot pass rate and evaluator score against the swept setting here")
     parser.add_argument("--save-dir", default=None, help="save every image here, named by outcome")
     parser.add_argument("--json", action="store_true", help="print the rows and summary as JSON")
     add_threads_option(parser)
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ClipstudioError
     from ..recipes import recipe_config
     from ..studio import validate_config
-    from ..worlds.shapes.adherence import evaluate_generation
+    from ..images import check_writable
+    from ..worlds.shapes.adherence import evaluate_generation, plot_sweep
     from ..worlds.shapes.prompts import prompt_set
 
     if args.n < 1 or not args.seeds:
@@ -124,11 +127,19 @@ def run(args: argparse.Namespace) -> int:
     prompts = prompt_set(args.n, args.prompt_seed)
     for _, settings in runs:  # every setting is checked before the first image, not after an hour
         validate_config(recipe_config(args.recipe, prompts[0], **settings))
+    if args.plot:
+        if sweep is None:
+            raise ClipstudioError("--plot needs --sweep KEY=V1,V2,...: it plots the figures against the swept setting")
+        check_writable(args.plot)
     apply_threads(args.threads)
+    summaries = []
     for label, settings in runs:
         save_dir = Path(args.save_dir) / label if args.save_dir and label else args.save_dir
         if save_dir:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
         report = evaluate_generation(prompts, args.seeds, str(save_dir) if save_dir else None, args.recipe, **settings)
         _print_report(report, args.json, label)
+        summaries.append(report.summary())
+    if args.plot:
+        plot_sweep(sweep[0], sweep[1], summaries, args.plot, title=f"{args.n} prompts, prompt seed {args.prompt_seed}")
     return 0

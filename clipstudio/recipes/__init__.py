@@ -5,7 +5,9 @@ imports this package; commands and users do.
 Besides settings, a recipe may hold:
 
 - ``generators: {NAME: {settings}}``: settings that replace the recipe's own when the run's generator is
-  NAME (so a world's recipe can say what suits each generator);
+  NAME (so a world's recipe can say what suits each generator); such a section may hold
+  ``layouts: {LAYOUT: {settings}}``, applied on top when the run's layout is LAYOUT (``none``: a run from
+  noise, which wants other steps and noise than one that refines a searched layout);
 - keys starting with ``x-``: ignored, a place for YAML anchors that other keys reuse;
 - ``animate: {settings}``: the recipe is an animation, with these :class:`clipstudio.keyframes.AnimateConfig`
   settings (again only the differences from the defaults).
@@ -24,6 +26,7 @@ from ..keyframes import AnimateConfig
 
 RECIPE_DIR = Path(__file__).parent
 PER_GENERATOR = "generators"
+PER_LAYOUT = "layouts"
 ANIMATE = "animate"
 
 
@@ -78,10 +81,14 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
     sections = data.get(PER_GENERATOR, {})
     if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
         raise ClipstudioError(f"recipe {path}: '{PER_GENERATOR}' must map generator names to settings")
+    layouts = [section.get(PER_LAYOUT, {}) for section in sections.values()]
+    if not all(isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()) for v in layouts):
+        raise ClipstudioError(f"recipe {path}: a generator's '{PER_LAYOUT}' must map layout names to settings")
     if ANIMATE in data and not isinstance(data[ANIMATE], (dict, type(None))):
         raise ClipstudioError(f"recipe {path}: '{ANIMATE}' must map animation settings to values")
     try:
-        for settings in [_settings_only(data), *sections.values()]:
+        per_layout = [settings for v in layouts for settings in v.values()]
+        for settings in [_settings_only(data), *map(_section_settings, sections.values()), *per_layout]:
             GenerateConfig.from_dict(settings)  # unknown keys and bad types fail here, with the recipe's name
         if ANIMATE in data:
             AnimateConfig.from_dict(data[ANIMATE]).validate()
@@ -92,6 +99,10 @@ def read_recipe(name_or_path: str) -> dict[str, Any]:
 
 def _settings_only(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in (PER_GENERATOR, ANIMATE)}
+
+
+def _section_settings(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k != PER_LAYOUT}
 
 
 def is_animation(name_or_path: str) -> bool:
@@ -108,12 +119,16 @@ def recipe_animation(name_or_path: str, overrides: dict[str, Any] | None = None)
 
 def recipe_settings(name_or_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings a recipe gives with ``overrides`` on top: its ``generators`` section for the run's
-    generator (the overridden one if given) replaces its own settings, then the overrides apply."""
+    generator (the overridden one if given) replaces its own settings, that section's ``layouts`` entry for
+    the run's layout (again the overridden one if given) replaces those, then the overrides apply."""
     data = read_recipe(name_or_path)
     overrides = dict(overrides or {})
     settings = _settings_only(data)
     generator = overrides.get("generator", settings.get("generator", GenerateConfig().generator))
-    settings.update(data.get(PER_GENERATOR, {}).get(generator, {}))
+    section = data.get(PER_GENERATOR, {}).get(generator, {})
+    settings.update(_section_settings(section))
+    layout = overrides.get("layout", settings.get("layout", GenerateConfig().layout))
+    settings.update(section.get(PER_LAYOUT, {}).get(layout, {}))
     settings.update(overrides)
     return settings
 

@@ -101,3 +101,33 @@ def evaluate_generation(prompts: Sequence[str], seeds: Sequence[int] = (0,), sav
                 tag = "ok" if check.passed else "FAIL"
                 result.save(f"{save_dir}/{len(report.rows):03d}-{tag}-{prompt.replace(' ', '_')}.png")
     return report
+
+
+def plot_sweep(key: str, values: Sequence[Any], summaries: Sequence[dict], path: str, title: str = "") -> None:
+    """One PNG of a sweep: pass rate and the evaluator's score (with true renders' as a dashed line) against
+    the swept setting, written atomically (matplotlib is imported here only)."""
+    from ...errors import ClipstudioError
+    from ...images import atomic_write
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ClipstudioError("plotting a sweep needs matplotlib: pip install matplotlib") from None
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    x = list(values) if numeric else list(range(len(values)))
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(x, [s["pass_rate"] for s in summaries], marker="o", label="colour-and-geometry pass rate")
+    ax.plot(x, [s["evaluator_score"] for s in summaries], marker="s", label="evaluator score (shapes-eval)")
+    reference = float(np.mean([s["evaluator_score_reference"] for s in summaries]))
+    ax.axhline(reference, ls="--", color="grey", lw=1, label=f"evaluator score of true renders ({reference:.2f})")
+    if not numeric:
+        ax.set_xticks(x, [str(v) for v in values])
+    ax.set_xlabel(key)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
+    plt.close(fig)
