@@ -137,20 +137,21 @@ def _normalizers(height: int, width: int, align_corners: bool) -> tuple[np.ndarr
 @functools.lru_cache(maxsize=64)
 def _base_points(height: int, width: int, align_corners: bool, dtype: torch.dtype, device: torch.device
                  ) -> torch.Tensor:
-    """(1, H * W, 3) homogeneous output coordinates: ``affine_grid``'s base grid, made once per size (the
+    """(H * W, 3) homogeneous output coordinates: ``affine_grid``'s base grid, made once per size (the
     identity's grid is the base grid exactly, since every product is by 1 or 0)."""
     identity = torch.eye(2, 3, dtype=dtype, device=device).unsqueeze(0)
     base = nn.functional.affine_grid(identity, [1, 1, height, width], align_corners=align_corners)
-    return torch.cat([base, torch.ones_like(base[..., :1])], -1).view(1, height * width, 3)
+    return torch.cat([base, torch.ones_like(base[..., :1])], -1).view(height * width, 3)
 
 
 def warp(image: torch.Tensor, matrix: torch.Tensor | np.ndarray, padding_mode: str = "zeros",
          align_corners: bool = False, affine: bool | None = None) -> torch.Tensor:
     """Warp ``image`` (N, C, H, W) by pixel homographies ``matrix`` (N, 3, 3, source to destination) onto
-    its own size, bilinear: kornia's ``warp_affine`` / ``warp_perspective`` as one grid (the cached base grid
-    times the normalized inverse matrices, one batched product) and one ``grid_sample``. The matrices are
-    inverted where they are (kornia draws them on the CPU), so a GPU run neither launches small kernels nor
-    waits for them."""
+    its own size, bilinear: kornia's ``warp_affine`` / ``warp_perspective`` as one grid and one
+    ``grid_sample``. The grid is the cached base grid times every sample's normalized inverse matrix in one
+    2-D product ((H W, 3) @ (3, N rows)): on the CPU a batch of tiny matrix products (``affine_grid``'s
+    ``bmm``) costs eight times as much. The matrices are inverted where they are (kornia draws them on the
+    CPU), so a GPU run neither launches small kernels nor waits for them."""
     n, _, height, width = image.shape
     norm, norm_inv = _normalizers(height, width, align_corners)
     matrix = matrix if isinstance(matrix, np.ndarray) else _numpy(matrix)
@@ -158,12 +159,10 @@ def warp(image: torch.Tensor, matrix: torch.Tensor | np.ndarray, padding_mode: s
         affine = bool((matrix[:, 2, :2] == 0).all())
     theta = torch.from_numpy(norm @ np.linalg.inv(matrix) @ norm_inv).to(image.device, image.dtype)
     points = _base_points(height, width, align_corners, image.dtype, image.device)
-    if affine:  # affine_grid's own product: base (N, HW, 3) @ theta[:, :2]^T
-        grid = points.expand(n, -1, -1).bmm(theta[:, :2].transpose(1, 2))
-    else:
-        mapped = points.expand(n, -1, -1).bmm(theta.transpose(1, 2))
-        grid = mapped[..., :2] / mapped[..., 2:]
-    return nn.functional.grid_sample(image, grid.view(n, height, width, 2), mode="bilinear",
+    rows = 2 if affine else 3  # an affine map's last row is (0, 0, 1): no division
+    mapped = (points @ theta[:, :rows].reshape(n * rows, 3).T).view(height * width, n, rows).transpose(0, 1)
+    grid = mapped if affine else mapped[..., :2] / mapped[..., 2:]
+    return nn.functional.grid_sample(image, grid.reshape(n, height, width, 2), mode="bilinear",
                                      padding_mode=padding_mode, align_corners=align_corners)
 
 
