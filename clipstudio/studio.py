@@ -428,8 +428,12 @@ class Studio:
                    if key not in state]
         if missing:
             raise ClipstudioError(f"the checkpoint lacks {', '.join(missing)}; it is not a clipstudio run state")
-        if _portable(_with_defaults(state["settings"])) != _portable(self.config.to_full_dict()):  # device may differ
-            raise ClipstudioError("the checkpoint was made with other settings; refusing to resume from it")
+        saved, current = _portable(_with_defaults(state["settings"])), _portable(self.config.to_full_dict())
+        if saved != current:  # device may differ
+            differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)) \
+                if isinstance(saved, dict) else []
+            detail = f" ({', '.join(differ[:4])} differ)" if differ else ""
+            raise ClipstudioError(f"the checkpoint was made with other settings{detail}; refusing to resume from it")
         step, skipped, history, rng = state["step"], state["skipped"], state["history"], state["rng"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, skipped)) \
                 or not 0 <= skipped <= step:  # an animation runs more steps than config.steps
@@ -543,9 +547,16 @@ def _copy_into(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         param.copy_(value)
 
 
+# Settings whose default is not what runs did before the setting existed: their value then.
+_BEFORE_THEY_EXISTED = {"batched_draw": False}  # issue 15: runs drew through kornia's forward_parameters
+
+
 def _with_defaults(settings: Any) -> Any:
-    """Saved settings with the settings added since they were saved at their defaults (which change nothing)."""
-    return {**GenerateConfig().to_full_dict(), **settings} if isinstance(settings, dict) else settings
+    """Saved settings with the settings added since they were saved: at their defaults where the default
+    changes nothing, else at what runs did before (``_BEFORE_THEY_EXISTED``)."""
+    if not isinstance(settings, dict):
+        return settings
+    return {**GenerateConfig().to_full_dict(), **_BEFORE_THEY_EXISTED, **settings}
 
 
 # Where it runs, and how fast (the same results to float32 rounding): not what it makes.

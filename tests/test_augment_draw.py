@@ -114,3 +114,20 @@ def test_batched_draw_is_a_setting_a_resume_compares(tiny_clip, tmp_path):
 
     with pytest.raises(ClipstudioError, match="other settings"):
         Studio(GenerateConfig.from_dict({**base, "batched_draw": False})).resume(path)
+
+
+def test_a_run_state_from_before_batched_draws_resumes_only_with_kornias_draws(tiny_clip, tmp_path):
+    """A state saved before the setting existed drew through kornia: it resumes with ``batched_draw`` off and
+    is refused, naming the setting, with it on."""
+    base = {"prompt": "a red circle", "clip": [tiny_clip], "width": 32, "height": 32, "steps": 2, "cutn": 2,
+            "device": "cpu", "generator": "pixels", "batched_draw": False}
+    studio = Studio(GenerateConfig.from_dict(base))
+    studio.step()
+    state = studio.state_dict()
+    del state["settings"]["batched_draw"]
+    torch.save(state, tmp_path / "old.pt")
+    assert Studio(GenerateConfig.from_dict(base)).resume(tmp_path / "old.pt")
+    from clipstudio.errors import ClipstudioError
+
+    with pytest.raises(ClipstudioError, match=r"\(batched_draw differ\)"):
+        Studio(GenerateConfig.from_dict({**base, "batched_draw": True})).resume(tmp_path / "old.pt")
