@@ -99,7 +99,8 @@ class AnimationStudio(Studio):
         cutouts = (max(1, round(a.value("cutn", frame, c.cutn))), a.value("cut_min", frame, c.cut_min))
         if cutouts != self.cutout_settings:
             size = max(g.image_size for g in self.guides)
-            self.cutouts = Cutouts(size, cutouts[0], c.cut_pow, cutouts[1], c.augments, c.cut_noise).to(self.device)
+            self.cutouts = Cutouts(size, cutouts[0], c.cut_pow, cutouts[1], c.augments, c.cut_noise,
+                                   fast=c.fast_augments, batched_draw=c.batched_draw).to(self.device)
             self.cutout_settings = cutouts
         if frame > 0:
             self.move(a.value("zoom", frame, 1.0), a.value("rotate", frame, 0.0),

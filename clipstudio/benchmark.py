@@ -171,7 +171,8 @@ def describe(config: GenerateConfig) -> dict[str, Any]:
             "clip": list(config.clip), "size": [config.width, config.height], "cutn": config.cutn,
             "cut_mode": config.cut_mode, "augments": list(config.augments), "dtype": config.dtype,
             "channels_last": config.channels_last,
-            "fast_augments": config.fast_augments, "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()}
+            "fast_augments": config.fast_augments, "batched_draw": config.batched_draw,
+            "fused_optimizer": config.fused_optimizer, "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()}
 
 
 def floor_jobs(studio: Studio) -> dict[str, Callable[[], None]]:

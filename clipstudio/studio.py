@@ -145,13 +145,14 @@ class Studio:
             to_channels_last(self.generator)
         self.cutouts = Cutouts(max(g.image_size for g in self.guides), config.cutn, config.cut_pow,
                                config.cut_min, config.augments, config.cut_noise, config.cut_mode,
-                               fast=config.fast_augments).to(self.device)
+                               fast=config.fast_augments, batched_draw=config.batched_draw).to(self.device)
         self.losses, self.weights = self._build_losses()
         params = [p for p in self.generator.parameters() if p.requires_grad]
         if not params:
             raise ClipstudioError(f"generator '{config.generator}' has no trainable parameters")
         opt_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_class(params, lr=config.lr, weight_decay=config.weight_decay)
+        fused = {"fused": True} if config.fused_optimizer and self.device.type in ("cpu", "cuda") else {}
+        self.optimizer = opt_class(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
         # The latent L2's pull: toward the init image's latents (the anchor the lineage used), else toward zero.
         self.latent_targets = [p.detach().clone() if self.init_image is not None else torch.zeros_like(p)
                                for p in params] if config.latent_l2 else []
@@ -286,7 +287,7 @@ class Studio:
         if not c.search_cutn or c.search_cutn == c.cutn:
             return self.cutouts
         return Cutouts(self.cutouts.size, c.search_cutn, c.cut_pow, c.cut_min, c.augments, c.cut_noise,
-                       c.cut_mode, fast=c.fast_augments).to(self.device)
+                       c.cut_mode, fast=c.fast_augments, batched_draw=c.batched_draw).to(self.device)
 
     def _coordinate_descent(self, choices: list[Choice], sweeps: int, params: CutoutParams,
                             cutter: Cutouts) -> float:
@@ -427,8 +428,12 @@ class Studio:
                    if key not in state]
         if missing:
             raise ClipstudioError(f"the checkpoint lacks {', '.join(missing)}; it is not a clipstudio run state")
-        if _portable(_with_defaults(state["settings"])) != _portable(self.config.to_full_dict()):  # device may differ
-            raise ClipstudioError("the checkpoint was made with other settings; refusing to resume from it")
+        saved, current = _portable(_with_defaults(state["settings"])), _portable(self.config.to_full_dict())
+        if saved != current:  # device may differ
+            differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)) \
+                if isinstance(saved, dict) else []
+            detail = f" ({', '.join(differ[:4])} differ)" if differ else ""
+            raise ClipstudioError(f"the checkpoint was made with other settings{detail}; refusing to resume from it")
         step, skipped, history, rng = state["step"], state["skipped"], state["history"], state["rng"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, skipped)) \
                 or not 0 <= skipped <= step:  # an animation runs more steps than config.steps
@@ -542,18 +547,27 @@ def _copy_into(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         param.copy_(value)
 
 
+# Settings whose default is not what runs did before the setting existed: their value then.
+_BEFORE_THEY_EXISTED = {"batched_draw": False}  # issue 15: runs drew through kornia's forward_parameters
+
+
 def _with_defaults(settings: Any) -> Any:
-    """Saved settings with the settings added since they were saved at their defaults (which change nothing)."""
-    return {**GenerateConfig().to_full_dict(), **settings} if isinstance(settings, dict) else settings
+    """Saved settings with the settings added since they were saved: at their defaults where the default
+    changes nothing, else at what runs did before (``_BEFORE_THEY_EXISTED``)."""
+    if not isinstance(settings, dict):
+        return settings
+    return {**GenerateConfig().to_full_dict(), **_BEFORE_THEY_EXISTED, **settings}
 
 
-_NOT_COMPARED_ON_RESUME = ("device", "fast_augments")  # where it runs, and how fast: not what it makes
+# Where it runs, and how fast (the same results to float32 rounding): not what it makes.
+_NOT_COMPARED_ON_RESUME = ("device", "fast_augments", "fused_optimizer")
 
 
 def _portable(settings: Any) -> Any:
     """Settings without those that change where or how fast a run goes, not what it makes (device,
-    ``fast_augments``): a checkpoint resumes on another machine or with the other augmentation path. Settings
-    added after a checkpoint was written are filled in by :func:`_with_defaults`."""
+    ``fast_augments``, ``fused_optimizer``): a checkpoint resumes on another machine, with the other
+    augmentation path or the other optimizer kernel. Settings added after a checkpoint was written are filled
+    in by :func:`_with_defaults`."""
     if not isinstance(settings, dict):
         return settings
     return {k: v for k, v in settings.items() if k not in _NOT_COMPARED_ON_RESUME}
@@ -581,7 +595,7 @@ def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
     layout generator with ``layout_options`` and the default schedule."""
     keep = ("prompt", "negative", "image_prompts", "clip", "width", "height", "seed", "cutn", "cut_pow",
             "cut_min", "cut_noise", "augments", "weights_dir", "device", "dtype", "search", "search_restarts",
-            "search_cutn", "cut_mode", "channels_last", "fast_augments")
+            "search_cutn", "cut_mode", "channels_last", "fast_augments", "batched_draw", "fused_optimizer")
     return GenerateConfig(**{name: getattr(config, name) for name in keep}, generator=layout,
                           generator_options=dict(config.layout_options), steps=_LAYOUT_STEPS)
 

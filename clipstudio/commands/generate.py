@@ -35,6 +35,9 @@ HELPS = {
     "latent_l2": "weight of an L2 pull of the latents toward zero (the init's, with --init-image)",
     "latent_l2_schedule": "how the latent L2 weight decays to 0 over the steps",
     "fast_augments": "apply the augmentations without kornia's per-call machinery (same cutouts; faster)",
+    "batched_draw": "draw all cutouts' augmentation parameters in one vectorized call (kornia's distributions, "
+                    "another random stream; faster)",
+    "fused_optimizer": "PyTorch's fused Adam kernel on CPU and CUDA (the same update to float32 rounding; faster)",
 }
 FLAGS = {"image_prompts": "image-prompt", "augments": "augment"}
 SHORTHAND_LOSSES = {"tv": "total-variation weight", "anchor": "MSE-to-init-image weight",

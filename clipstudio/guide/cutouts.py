@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import CUT_MODES  # a random square crop resized to the guide's input, or the whole image pooled
 from ..errors import ClipstudioError
+from .augment_draw import draw_augment_params, plan_for, uniform_count
 from .fast_augments import apply_augment
 
 # Augmentation registry: name -> factory of a kornia augmentation. Flips are absent on purpose:
@@ -24,6 +25,8 @@ AUGMENTS: dict[str, Callable[[], nn.Module]] = {}
 def _register_kornia_augments() -> None:
     import kornia.augmentation as K
 
+    from .colour import LinearColourJitter
+
     AUGMENTS.update({
         "affine": lambda: K.RandomAffine(degrees=10, translate=0.05, scale=(0.9, 1.1), p=0.7, padding_mode="border"),
         "perspective": lambda: K.RandomPerspective(distortion_scale=0.2, p=0.5),
@@ -32,6 +35,9 @@ def _register_kornia_augments() -> None:
         "sharpness": lambda: K.RandomSharpness(sharpness=0.3, p=0.4),
         "blur": lambda: K.RandomGaussianBlur(kernel_size=(3, 3), sigma=(0.1, 1.0), p=0.3),
         "grayscale": lambda: K.RandomGrayscale(p=0.1),
+        # jitter's draws as one affine colour map per cutout (luma saturation, YIQ hue): guide/colour.py.
+        "jitter-linear": lambda: LinearColourJitter(brightness=0.05, contrast=0.05, saturation=0.05, hue=0.02,
+                                                    p=0.7),
         # The classic VQGAN+CLIP notebooks' augmentations (with pooled cutouts; ``bench --preset classic``).
         "classic-affine": lambda: K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="zeros"),
         "classic-perspective": lambda: K.RandomPerspective(0.7, p=0.7),
@@ -99,7 +105,7 @@ class Cutouts(nn.Module):
 
     def __init__(self, size: int, cutn: int = 16, cut_pow: float = 1.0, cut_min: float = 0.5,
                  augments: list[str] | tuple[str, ...] = DEFAULT_AUGMENTS, noise: float = 0.05,
-                 mode: str = "crops", fast: bool = True):
+                 mode: str = "crops", fast: bool = True, batched_draw: bool = False):
         super().__init__()
         if cutn < 1:
             raise ClipstudioError(f"cutn must be at least 1, got {cutn}")
@@ -114,19 +120,32 @@ class Cutouts(nn.Module):
         self.fast = fast
         self.augment_names = list(augments)
         self.augments = nn.ModuleList(build_augments(self.augment_names))
+        # batched_draw: every uniform number of a batch in one torch.rand (guide/augment_draw.py): kornia's
+        # distributions from another random stream. False: each kornia module's own forward_parameters.
+        self.batched_draw = batched_draw
+        self._plans = [plan_for(aug) for aug in self.augments]
 
     def draw(self, height: int, width: int) -> CutoutParams:
         """Draw the random parameters of one batch of cutouts for an image of ``height`` x ``width``."""
-        side = min(height, width) * crop_fractions(self.cutn, self.cut_pow, self.cut_min)
-        x0 = torch.rand(self.cutn) * (width - side)
-        y0 = torch.rand(self.cutn) * (height - side)
-        x1, y1 = x0 + side - 1, y0 + side - 1
-        boxes = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
-                             torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], dim=1)
-        scale = torch.rand(self.cutn, 1, 1, 1) * self.noise
-        noise = torch.randn(self.cutn, 3, self.size, self.size) * scale
         shape = torch.Size([self.cutn, 3, self.size, self.size])
-        augment = [aug.forward_parameters(shape) for aug in self.augments]
+        if self.batched_draw:
+            uniforms = torch.rand(4 * self.cutn + uniform_count(self._plans, self.cutn))
+            crop_u = uniforms[:4 * self.cutn].view(4, self.cutn)
+            fractions = self.cut_min + (1.0 - self.cut_min) * crop_u[0] ** self.cut_pow
+            x_u, y_u, scale = crop_u[1], crop_u[2], crop_u[3].view(-1, 1, 1, 1) * self.noise
+            augment = draw_augment_params(list(self.augments), self._plans, tuple(shape), uniforms[4 * self.cutn:])
+        else:
+            fractions = crop_fractions(self.cutn, self.cut_pow, self.cut_min)
+            x_u, y_u = torch.rand(self.cutn), torch.rand(self.cutn)
+            scale = torch.rand(self.cutn, 1, 1, 1) * self.noise
+            augment = None
+        side = min(height, width) * fractions
+        x0, y0 = x_u * (width - side), y_u * (height - side)
+        x1, y1 = x0 + side - 1, y0 + side - 1
+        boxes = torch.stack([x0, y0, x1, y0, x1, y1, x0, y1], 1).view(-1, 4, 2)
+        noise = torch.randn(shape) * scale
+        if augment is None:
+            augment = [aug.forward_parameters(shape) for aug in self.augments]
         same_view = self.mode == "pooled" or (self.cut_min >= 1.0 and height == width)
         return CutoutParams(boxes=boxes, noise=noise, augment=augment, same_view=same_view)
 

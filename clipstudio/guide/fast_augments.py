@@ -14,8 +14,10 @@ Augmentations without a fast path (e.g. a registry entry added later) run throug
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,58 +99,76 @@ def _clamp_unit(image: torch.Tensor) -> torch.Tensor:
 
 
 def affine_matrix(params: dict) -> torch.Tensor:
-    """(N, 3, 3) pixel matrices of kornia RandomAffine parameters: a shear about the centre (x then y,
+    """(N, 3, 3) float64 pixel matrices of kornia RandomAffine parameters: a shear about the centre (x then y,
     negative tangents), then a rotation by ``-angle`` degrees and a scale about the centre, then the
-    translation; kornia's ``get_affine_matrix2d`` in a dozen operations on (N,) tensors."""
-    angle = params["angle"] * (-math.pi / 180.0)
-    cos, sin = angle.cos(), angle.sin()
-    scale_x, scale_y = params["scale"].unbind(1)
-    rotate_scale = torch.stack([cos * scale_x, sin * scale_y, -sin * scale_x, cos * scale_y], 1).view(-1, 2, 2)
-    tan_x = torch.tan(params["shear_x"] * (math.pi / 180.0))
-    tan_y = torch.tan(params["shear_y"] * (math.pi / 180.0))
-    shear = torch.stack([torch.ones_like(tan_x), -tan_x, -tan_y, 1.0 + tan_x * tan_y], 1).view(-1, 2, 2)
-    centre = params["center"].unsqueeze(-1)
-    linear = rotate_scale @ shear
-    offset = centre - linear @ centre + params["translations"].unsqueeze(-1)
-    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=linear.dtype).expand(linear.shape[0], 1, 3)
-    return torch.cat([torch.cat([linear, offset], 2), bottom], 1)
+    translation; kornia's ``get_affine_matrix2d`` in a dozen NumPy operations on (N,) arrays (a few
+    microseconds each, where a torch call on 16 numbers costs several)."""
+    angle, shear_x, shear_y = (_numpy(params[k]) * (math.pi / 180.0) for k in ("angle", "shear_x", "shear_y"))
+    scale, centre, translations = (_numpy(params[k]) for k in ("scale", "center", "translations"))
+    cos, sin = np.cos(-angle), np.sin(-angle)
+    rotate_scale = np.stack([cos * scale[:, 0], sin * scale[:, 1], -sin * scale[:, 0], cos * scale[:, 1]], 1)
+    tan_x, tan_y = np.tan(shear_x), np.tan(shear_y)
+    shear = np.stack([np.ones_like(tan_x), -tan_x, -tan_y, 1.0 + tan_x * tan_y], 1)
+    linear = rotate_scale.reshape(-1, 2, 2) @ shear.reshape(-1, 2, 2)
+    matrix = np.zeros((angle.shape[0], 3, 3))
+    matrix[:, :2, :2] = linear
+    matrix[:, :2, 2] = centre - (linear @ centre[:, :, None])[:, :, 0] + translations
+    matrix[:, 2, 2] = 1.0
+    return torch.from_numpy(matrix)
 
 
-def _normalizer(height: int, width: int, align_corners: bool) -> torch.Tensor:
-    """(3, 3) map from pixel coordinates to grid_sample's [-1, 1] ones (pixel centres, or corners)."""
+def _numpy(value: torch.Tensor) -> np.ndarray:
+    """A (CPU, float64) NumPy copy of a small parameter tensor."""
+    return value.detach().to("cpu", torch.float64).numpy()
+
+
+@functools.lru_cache(maxsize=64)
+def _normalizers(height: int, width: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(3, 3) float64 map from pixel coordinates to grid_sample's [-1, 1] ones (pixel centres, or corners),
+    and its inverse: constants of the image size, made once."""
     if align_corners:
         sx, sy, ox, oy = 2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1), -1.0, -1.0
     else:
         sx, sy, ox, oy = 2.0 / width, 2.0 / height, 1.0 / width - 1.0, 1.0 / height - 1.0
-    return torch.tensor([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]])
+    norm = np.array([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]])
+    return norm, np.linalg.inv(norm)
 
 
-def warp(image: torch.Tensor, matrix: torch.Tensor, padding_mode: str = "zeros",
+@functools.lru_cache(maxsize=64)
+def _base_points(height: int, width: int, align_corners: bool, dtype: torch.dtype, device: torch.device
+                 ) -> torch.Tensor:
+    """(H * W, 3) homogeneous output coordinates: ``affine_grid``'s base grid, made once per size (the
+    identity's grid is the base grid exactly, since every product is by 1 or 0)."""
+    identity = torch.eye(2, 3, dtype=dtype, device=device).unsqueeze(0)
+    base = nn.functional.affine_grid(identity, [1, 1, height, width], align_corners=align_corners)
+    return torch.cat([base, torch.ones_like(base[..., :1])], -1).view(height * width, 3)
+
+
+def warp(image: torch.Tensor, matrix: torch.Tensor | np.ndarray, padding_mode: str = "zeros",
          align_corners: bool = False, affine: bool | None = None) -> torch.Tensor:
     """Warp ``image`` (N, C, H, W) by pixel homographies ``matrix`` (N, 3, 3, source to destination) onto
-    its own size, bilinear: kornia's ``warp_affine`` / ``warp_perspective`` as one ``affine_grid`` (or one
-    projective grid) and one ``grid_sample``. The matrices are inverted where they are (kornia draws them on
-    the CPU), so a GPU run neither launches small kernels nor waits for them."""
-    n, channels, height, width = image.shape
-    norm = _normalizer(height, width, align_corners).double()
-    theta = norm @ torch.linalg.inv(matrix.double()) @ torch.linalg.inv(norm)
-    theta = theta.to(image.device, image.dtype)
+    its own size, bilinear: kornia's ``warp_affine`` / ``warp_perspective`` as one grid and one
+    ``grid_sample``. The grid is the cached base grid times every sample's normalized inverse matrix in one
+    2-D product ((H W, 3) @ (3, N rows)): on the CPU a batch of tiny matrix products (``affine_grid``'s
+    ``bmm``) costs eight times as much. The matrices are inverted where they are (kornia draws them on the
+    CPU), so a GPU run neither launches small kernels nor waits for them."""
+    n, _, height, width = image.shape
+    norm, norm_inv = _normalizers(height, width, align_corners)
+    matrix = matrix if isinstance(matrix, np.ndarray) else _numpy(matrix)
     if affine is None:
         affine = bool((matrix[:, 2, :2] == 0).all())
-    if affine:
-        grid = nn.functional.affine_grid(theta[:, :2], [n, channels, height, width], align_corners=align_corners)
-    else:
-        base = nn.functional.affine_grid(torch.eye(2, 3, dtype=image.dtype, device=image.device).unsqueeze(0),
-                                         [1, channels, height, width], align_corners=align_corners)
-        points = torch.cat([base, torch.ones_like(base[..., :1])], -1)  # (1, H, W, 3) homogeneous
-        mapped = torch.einsum("nij,bhwj->nhwi", theta, points)
-        grid = mapped[..., :2] / mapped[..., 2:]
-    return nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode,
-                                     align_corners=align_corners)
+    theta = torch.from_numpy(norm @ np.linalg.inv(matrix) @ norm_inv).to(image.device, image.dtype)
+    points = _base_points(height, width, align_corners, image.dtype, image.device)
+    rows = 2 if affine else 3  # an affine map's last row is (0, 0, 1): no division
+    mapped = (points @ theta[:, :rows].reshape(n * rows, 3).T).view(height * width, n, rows).transpose(0, 1)
+    grid = mapped if affine else mapped[..., :2] / mapped[..., 2:]
+    return nn.functional.grid_sample(image, grid.reshape(n, height, width, 2), mode="bilinear",
+                                     padding_mode=padding_mode, align_corners=align_corners)
 
 
-def _geometric(aug: nn.Module, image: torch.Tensor, params: dict) -> torch.Tensor | None:
-    """A bilinear RandomAffine or RandomPerspective by :func:`warp`; None for anything else."""
+def _warp_of(aug: nn.Module, params: dict) -> tuple[np.ndarray, str, bool, bool] | None:
+    """A bilinear RandomAffine's or RandomPerspective's warp for the whole batch: (N, 3, 3) float64 pixel
+    matrices, padding mode, align_corners, whether affine; None for anything else."""
     import kornia.augmentation as K
 
     if type(aug) not in (K.RandomAffine, K.RandomPerspective):
@@ -157,12 +177,10 @@ def _geometric(aug: nn.Module, image: torch.Tensor, params: dict) -> torch.Tenso
     if flags["resample"].name.lower() != "bilinear" or flags.get("fill_value") is not None:
         return None
     if type(aug) is K.RandomAffine:
-        matrix = affine_matrix({k: v.double() for k, v in params.items()
-                                if k in ("angle", "scale", "shear_x", "shear_y", "center", "translations")})
-        return warp(image, matrix, flags["padding_mode"].name.lower(), flags["align_corners"], affine=True)
+        return _numpy(affine_matrix(params)), flags["padding_mode"].name.lower(), flags["align_corners"], True
     points = {k: params[k].double() for k in ("start_points", "end_points")}
     matrix = aug.compute_transformation(points["start_points"], points, flags)  # kornia's 8-point solve
-    return warp(image, matrix, "zeros", flags["align_corners"], affine=False)
+    return _numpy(matrix), "zeros", flags["align_corners"], False
 
 
 def has_fast_path(aug: nn.Module) -> bool:
@@ -175,7 +193,11 @@ def has_fast_path(aug: nn.Module) -> bool:
 
 def apply_augment(aug: nn.Module, image: torch.Tensor, params: dict) -> torch.Tensor:
     """Apply kornia augmentation ``aug`` with the parameters it drew (``aug.forward_parameters``) to a batch
-    (N, C, H, W): the same result as ``aug(image, params=params)``, computed on the gated samples only."""
+    (N, C, H, W): the same result as ``aug(image, params=params)``, computed on the gated samples only (or, for
+    a module with its own ``apply_batch`` such as :class:`~clipstudio.guide.colour.LinearColourJitter`, by it)."""
+    batch = getattr(aug, "apply_batch", None)
+    if batch is not None:
+        return batch(image, params)
     if not has_fast_path(aug):
         return aug(image, params=params)
     gate = torch.atleast_1d(params["batch_prob"] > 0.5)
@@ -184,7 +206,15 @@ def apply_augment(aug: nn.Module, image: torch.Tensor, params: dict) -> torch.Te
         return aug(image, params=params)
     if not bool(gate.any()):
         return image
-    rows = None if bool(gate.all()) else gate.nonzero().squeeze(1).to(image.device)
+    gated = None if bool(gate.all()) else gate.nonzero().squeeze(1)  # where the gate is (the CPU: kornia's draws)
+    rows = None if gated is None else gated.to(image.device)
+    geometric = _warp_of(aug, params)
+    if geometric is not None:  # the matrices of the whole batch (NumPy), then the gated rows of them
+        matrix, padding, align_corners, affine = geometric
+        if rows is None:
+            return warp(image, matrix, padding, align_corners, affine)
+        out = warp(image.index_select(0, rows), matrix[gated.cpu().numpy()], padding, align_corners, affine)
+        return image.index_copy(0, rows, out)
     if rows is not None:
         image_in = image.index_select(0, rows)
         params = {key: _select(key, value, rows, count) for key, value in params.items()}
@@ -209,9 +239,6 @@ def _apply_all(aug: nn.Module, image: torch.Tensor, params: dict) -> torch.Tenso
     steps = _colour_steps(aug)
     if steps is not None:
         return _apply_colour(aug, steps, image, params)
-    warped = _geometric(aug, image, params)
-    if warped is not None:
-        return warped
     if hasattr(aug, "compute_transformation") and not _is_intensity(aug):
         transform = aug.compute_transformation(image, params, aug.flags)
         return aug.apply_transform(image, params, aug.flags, transform=transform)
