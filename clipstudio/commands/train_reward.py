@@ -25,8 +25,6 @@ HELPS = {
     "lora_alpha": "LoRA scale numerator (None: the rank, so scale 1)",
     "rwr_samples": "images per prompt for --method rwr and raft",
     "raft_guidance": "CFG weight of --method raft's samples",
-    "raft_target_guidance": "--method raft: regress the CFG-guided prediction at this weight, the unconditional "
-                            "half held fixed, so sampling at it gives the kept samples (1: the plain loss)",
     "p_uncond": "--method raft: probability of training a sample with the empty caption (keeps CFG's unconditional half)",
     "rwr_beta": "RWR temperature: weights exp(reward / beta) within a prompt's samples",
     "train_prompts": "size of the training prompt set (prompt_set seed 2026, evaluation prompts removed)",

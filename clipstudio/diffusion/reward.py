@@ -130,24 +130,6 @@ def denoising_losses(model_fn: Callable, x0: torch.Tensor, cond: torch.Tensor, t
     return ((model_fn(xt, t, cond) - target) ** 2).mean(dim=tuple(range(1, x0.dim())))
 
 
-def guided_denoising_losses(model_fn: Callable, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                            t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, prediction: str,
-                            guidance: float) -> torch.Tensor:
-    """Per-sample MSE of the classifier-free-guided prediction ``u + w (c - u)``, ``u`` held fixed, on x_0 noised
-    to t: the conditional half learns so that sampling at weight ``w`` (Ho & Salimans 2022) yields x_0, not so
-    that the conditional model does and guidance then pushes past it. At ``w = 1`` the plain denoising loss."""
-    if guidance == 1.0:
-        return denoising_losses(model_fn, x0, cond, t, noise, alphas_cumprod, prediction)
-    check_prediction(prediction)
-    abar = alphas_cumprod.to(x0.device)[t].to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1)))
-    xt = q_sample(x0, t, noise, alphas_cumprod)
-    target = noise if prediction == "epsilon" else v_target(x0, noise, abar)
-    with torch.no_grad():
-        u = model_fn(xt, t, uncond)
-    guided = u + guidance * (model_fn(xt, t, cond) - u)
-    return ((guided - target) ** 2).mean(dim=tuple(range(1, x0.dim())))
-
-
 # --------------------------------------------------------------------------- anchor and LoRA
 
 def l2_anchor(deltas: Iterable[torch.Tensor]) -> torch.Tensor:

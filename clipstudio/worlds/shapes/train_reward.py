@@ -75,7 +75,6 @@ class RewardTrainConfig:
     rwr_beta: float = 0.05
     raft_guidance: float = 3.0
     p_uncond: float = 0.15
-    raft_target_guidance: float = 1.0  # regress the CFG-guided prediction at this weight (1: the plain loss)
     train_prompts: int = 2000
     eval_every: int = 50
     curve_prompts: int = 24
@@ -118,7 +117,6 @@ class RewardTrainConfig:
             raise ClipstudioError("--guidance needs at least one weight")
         _finite(self.anchor, "--anchor", 0)
         _finite(self.raft_guidance, "--raft-guidance", 0)
-        _finite(self.raft_target_guidance, "--raft-target-guidance", 0)
         if not 0 <= _finite(self.p_uncond, "--p-uncond", 0) < 1:
             raise ClipstudioError(f"--p-uncond must be below 1, got {self.p_uncond}")
         _finite(self.curve_guidance, "--curve-guidance", 0)
@@ -499,7 +497,7 @@ def raft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Cal
     """(loss, rewards of the batch's samples, guidance) of one RAFT step: the denoising loss on the best-of-n
     latents of ``batch`` training prompts, each caption dropped with probability ``p_uncond`` so the
     unconditional half learns the kept samples too (classifier-free guidance, Ho & Salimans 2022)."""
-    from clipstudio.diffusion.reward import denoising_losses, guided_denoising_losses
+    from clipstudio.diffusion.reward import denoising_losses
     rng = np.random.default_rng([config.seed, step])
     idx = rng.choice(len(prompts), size=config.batch, replace=False)
     captions = ["" if rng.random() < config.p_uncond else prompts[int(i)] for i in idx]
@@ -508,21 +506,7 @@ def raft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Cal
     t = torch.randint(0, len(parts.alphas_cumprod), (len(idx),), generator=gen)
     eps = torch.randn(z.shape, generator=gen)
 
-    if config.raft_target_guidance == 1.0:
-        losses = denoising_losses(parts.unet_fn, z, parts.text(captions), t, eps, parts.alphas_cumprod,
-                                  parts.prediction)
-        return losses.mean(), data["rewards"][torch.as_tensor(idx)].max(1).values, config.raft_guidance
-    dropped = torch.tensor([c == "" for c in captions])
-    losses = torch.empty(len(idx))
-    if dropped.any():  # the unconditional half: the plain loss
-        losses[dropped] = denoising_losses(parts.unet_fn, z[dropped], parts.text([""] * int(dropped.sum())),
-                                           t[dropped], eps[dropped], parts.alphas_cumprod, parts.prediction)
-    kept = ~dropped
-    if kept.any():  # the conditional half, through the guided prediction at raft_target_guidance
-        texts = [c for c in captions if c]
-        losses[kept] = guided_denoising_losses(parts.unet_fn, z[kept], parts.text(texts), parts.text([""] * len(texts)),
-                                               t[kept], eps[kept], parts.alphas_cumprod, parts.prediction,
-                                               config.raft_target_guidance)
+    losses = denoising_losses(parts.unet_fn, z, parts.text(captions), t, eps, parts.alphas_cumprod, parts.prediction)
     return losses.mean(), data["rewards"][torch.as_tensor(idx)].max(1).values, config.raft_guidance
 
 
@@ -653,13 +637,13 @@ def _start_run(config: RewardTrainConfig) -> _Run:
 
 
 RESUME_KEYS = ("method", "reward", "seed", "batch", "lora_rank", "guidance", "sample_steps", "grad_steps",
-               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond", "raft_target_guidance")
+               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond")
 
 
 def _restore(run: _Run, st: dict) -> None:
     """Put a saved state back into the run; refuse a state of another base model or another data stream."""
-    saved, defaults = st["config"], RewardTrainConfig()  # a setting added later: older states ran its default
-    changed = [k for k in RESUME_KEYS if saved.get(k, getattr(defaults, k)) != getattr(run.config, k)]
+    saved = st["config"]
+    changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(run.config, k)]
     if changed or st["base_sha256"] != run.base_sha256:
         what = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed) or "another base model"
         raise ClipstudioError(f"--resume: {run.config.state_path} was trained with {what}")
