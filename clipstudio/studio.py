@@ -143,6 +143,8 @@ class Studio:
             self.init_image = self.generator().detach()  # the init as the generator renders it, at output size
         if config.channels_last:  # the same numbers; convolutions run faster in this layout on CPU
             to_channels_last(self.generator)
+            for guide in self.guides:  # shapes-guide's forward+backward on 16 cutouts: 20.9 ms -> 12.2 ms
+                to_channels_last(guide)
         self.cutouts = Cutouts(max(g.image_size for g in self.guides), config.cutn, config.cut_pow,
                                config.cut_min, config.augments, config.cut_noise, config.cut_mode,
                                fast=config.fast_augments, batched_draw=config.batched_draw).to(self.device)
@@ -260,25 +262,26 @@ class Studio:
 
         Each choice is set to each of its allowed options, the images are judged together and the best
         option is kept, sweep after sweep until one changes nothing. ``restarts`` runs start from random
-        options and the best end state wins. All judgements use the same cutouts, so they compare images
-        rather than augmentation noise.
+        options and the best end state wins. The restarts run in lockstep on copies of the generator, so
+        one judgement scores every restart's options in one batch (CLIP's time per image falls with the
+        batch: on the CPU, 0.39 ms at 20 images and 0.23 ms at 120 for shapes-guide). All judgements use
+        the same cutouts, so they compare images rather than augmentation noise.
         """
         choices = self.generator.choices()
         if not choices or sweeps < 1:
             return math.inf
         cutter = self._search_cutouts()
         params = cutter.draw(self.config.height, self.config.width)
-        best_loss, best_state = math.inf, None
-        for restart in range(max(restarts, 1)):
-            if restart:
-                _randomize(choices)
-            loss = self._coordinate_descent(choices, sweeps, params, cutter)
-            loss += sum(choice.cost(choice.get()) for choice in choices)
-            if loss < best_loss:
-                best_loss, best_state = loss, copy.deepcopy(self.generator.state_dict())
-        if best_state is not None:
-            self.generator.load_state_dict(best_state)
-        return best_loss
+        generators = [self.generator] + [_search_copy(self.generator) for _ in range(max(restarts, 1) - 1)]
+        runs = [choices] + [generator.choices() for generator in generators[1:]]
+        for run in runs[1:]:
+            _randomize(run)
+        losses = self._coordinate_descent(generators, runs, sweeps, params, cutter)
+        totals = [loss + sum(choice.cost(choice.get()) for choice in run) for loss, run in zip(losses, runs)]
+        best = min(range(len(totals)), key=totals.__getitem__)
+        if best:
+            self.generator.load_state_dict(generators[best].state_dict())
+        return totals[best]
 
     def _search_cutouts(self) -> Cutouts:
         """The cutouts that judge the search: the run's, or as many as ``config.search_cutn`` of the same kind
@@ -289,27 +292,38 @@ class Studio:
         return Cutouts(self.cutouts.size, c.search_cutn, c.cut_pow, c.cut_min, c.augments, c.cut_noise,
                        c.cut_mode, fast=c.fast_augments, batched_draw=c.batched_draw).to(self.device)
 
-    def _coordinate_descent(self, choices: list[Choice], sweeps: int, params: CutoutParams,
-                            cutter: Cutouts) -> float:
-        loss = math.inf
+    def _coordinate_descent(self, generators: list[torch.nn.Module], runs: list[list[Choice]], sweeps: int,
+                            params: CutoutParams, cutter: Cutouts) -> list[float]:
+        """Sweeps of coordinate descent for every run (a generator and its choices) in lockstep; each run
+        stops when a sweep changes none of its choices. Returns each run's last judged loss."""
+        losses = [math.inf] * len(runs)
+        active = list(range(len(runs)))
         for _ in range(sweeps):
-            changed = False
-            for choice in choices:
-                before = choice.get()
-                options = [o for o in range(choice.options) if choice.allowed(o)] or [before]
-                images = []
-                for option in options:
-                    choice.set(option)
-                    images.append(self.generator())
+            changed = set()
+            for index in range(len(runs[0])):
+                tried, images = {}, []
+                for run in active:
+                    choice = runs[run][index]
+                    before = choice.get()
+                    options = [o for o in range(choice.options) if choice.allowed(o)] or [before]
+                    for option in options:
+                        choice.set(option)
+                        images.append(generators[run]())
+                    tried[run] = (options, before)
                 totals = self._objective(torch.cat(images), params, cutter)[0]
-                totals = torch.where(torch.isfinite(totals), totals, torch.full_like(totals, math.inf))
-                best = int((totals + torch.tensor([choice.cost(o) for o in options])).argmin())
-                choice.set(options[best])
-                loss = float(totals[best])
-                changed |= options[best] != before
-            if not changed:
+                totals = torch.where(torch.isfinite(totals), totals, torch.full_like(totals, math.inf)).tolist()
+                for run in active:
+                    choice, (options, before) = runs[run][index], tried[run]
+                    scores, totals = totals[:len(options)], totals[len(options):]
+                    best = min(range(len(options)), key=lambda k: scores[k] + choice.cost(options[k]))
+                    choice.set(options[best])
+                    losses[run] = scores[best]
+                    if options[best] != before:
+                        changed.add(run)
+            active = [run for run in active if run in changed]
+            if not active:
                 break
-        return loss
+        return losses
 
     def _search_once(self) -> None:
         """The configured search, once, before the first step (a resumed run has done it already)."""
@@ -602,6 +616,13 @@ def layout_config(config: GenerateConfig, layout: str) -> GenerateConfig:
 
 LATENT_L2 = "latent_l2"  # the name of the latent L2 term among the losses
 _LAYOUT_STEPS = 20  # gradient steps after the layout's search: it only has to place things
+
+
+def _search_copy(generator: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``generator`` for one search restart: its own trainable state, but frozen parameters (a
+    decoder, a codebook) shared with the original rather than copied once per restart."""
+    frozen = {id(p): p for p in generator.parameters() if not p.requires_grad}
+    return copy.deepcopy(generator, memo=frozen)
 
 
 def _randomize(choices: list[Choice]) -> None:

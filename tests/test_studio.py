@@ -1,9 +1,13 @@
 """The guidance loop: determinism by seed, the NaN guard, callbacks, ensembles, image and init prompts."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 import clipstudio
+import clipstudio.studio as studio_module
+from clipstudio.guide.cutouts import Cutouts
 from clipstudio.errors import ClipstudioError
 from clipstudio.images import save_png
 from clipstudio.losses import TVLoss
@@ -194,6 +198,43 @@ def test_search_with_restarts_is_seeded_and_runs_once(tiny_options):
     studio.search = lambda *args: calls.append(args)
     studio.run()
     assert calls == [(1, 2)]  # before the first step only
+
+
+def test_restarts_in_lockstep_end_where_each_restart_alone_would(tiny_options, monkeypatch):
+    """The restarts share their judgements' batches, not their states: each ends where a search from its
+    start alone ends, and the best of them is kept."""
+    studio = _search_studio(tiny_options, seed=3, generator_options={"palette": PALETTE, "count": 2})
+    params = studio._search_cutouts().draw(32, 32)
+    monkeypatch.setattr(Cutouts, "draw", lambda *args, **kwargs: params)
+    start = copy.deepcopy(studio.generator.state_dict())
+    starts, randomize = [], studio_module._randomize
+
+    def recording_randomize(choices):
+        randomize(choices)
+        starts.append([c.get() for c in choices])
+
+    monkeypatch.setattr(studio_module, "_randomize", recording_randomize)
+    best = studio.search(sweeps=1, restarts=3)
+    kept = [c.get() for c in studio.generator.choices()]
+    assert len(starts) == 2
+    alone = []
+    for values in [None] + starts:
+        studio.generator.load_state_dict(start)
+        for choice, value in zip(studio.generator.choices(), values or []):
+            choice.set(value)
+        alone.append((studio.search(sweeps=1, restarts=1), [c.get() for c in studio.generator.choices()]))
+    assert best == pytest.approx(min(loss for loss, _ in alone), abs=1e-5)
+    assert kept == min(alone, key=lambda pair: pair[0])[1]
+    assert len({tuple(found) for _, found in alone}) > 1  # the restarts did end in different places
+
+
+def test_a_restart_copy_owns_its_trainable_state_and_shares_frozen_weights():
+    generator = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    generator[1].requires_grad_(False)  # a decoder: read by every restart, changed by none
+    twin = studio_module._search_copy(generator)
+    assert twin[1].weight is generator[1].weight
+    twin[0].weight.data.add_(1.0)
+    assert not torch.equal(twin[0].weight, generator[0].weight)
 
 
 def test_search_settings_are_checked(tiny_options):

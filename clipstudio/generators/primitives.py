@@ -276,7 +276,10 @@ class PrimitivesGenerator(Generator):
         dx = (self.grid_x - centre[0]) * self.width / scale
         dy = (self.grid_y - centre[1]) * self.height / scale
         weights = self.shape_weights()[index]
-        sdf = sum(w * sdf_fn(dx, dy, size) for w, sdf_fn in zip(weights, SDFS))
+        terms = list(zip(weights, SDFS))
+        if not torch.is_grad_enabled():  # a search renders hard choices: the shapes not chosen weigh 0
+            terms = [(w, sdf_fn) for w, sdf_fn in terms if w != 0]
+        sdf = sum(w * sdf_fn(dx, dy, size) for w, sdf_fn in terms)
         return torch.sigmoid(-sdf * scale / self.edge)
 
     def forward(self) -> torch.Tensor:
@@ -284,6 +287,8 @@ class PrimitivesGenerator(Generator):
         image = background.view(1, 3, 1, 1).expand(1, 3, self.height, self.width)
         alphas = self.alphas()
         for index in range(self.count):
+            if not torch.is_grad_enabled() and alphas[index] == 0:  # a hidden shape, in a search: nothing to draw
+                continue
             a = (alphas[index] * self.coverage(index)).view(1, 1, self.height, self.width)
             image = image * (1 - a) + colours[index].view(1, 3, 1, 1) * a
         return image
