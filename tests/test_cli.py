@@ -155,3 +155,13 @@ def test_weights_lists_and_fails_offline_in_one_line(capsys, tmp_path, monkeypat
     assert code == 0 and "taef2.decoder" in out and "vqgan_imagenet_f16_16384.ckpt" in out
     code, _, err = run_cli(["weights", "taesd.decoder", "--weights-dir", str(tmp_path)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "taesd_decoder.pth" in err
+
+
+@pytest.mark.parametrize("trainer", ["clip", "robust", "diffusion", "reward"])
+def test_every_trainer_takes_the_same_progress_and_threads_options(trainer):
+    from clipstudio.cli import parse_command_line
+
+    for flag in ("--quiet", "--no-progress"):
+        args = parse_command_line(["train", trainer, flag, "--threads", "1"])
+        assert args.quiet is True and args.threads == 1
+    assert parse_command_line(["train", trainer]).quiet is False

@@ -81,6 +81,19 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default: 0, torch's own choice)")
 
 
+def add_trainer_parser(sub: argparse._SubParsersAction, name: str, cls: type, *, help: str, description: str,
+                       helps: dict[str, str], run: Any, **options: Any) -> argparse.ArgumentParser:
+    """The parser of one ``clipstudio train NAME`` command: an option per field of its config dataclass ``cls``
+    (``options`` go to :func:`add_dataclass_options`), ``--threads``, and ``--quiet`` (alias ``--no-progress``)
+    for no progress bar, the same in every trainer."""
+    parser = sub.add_parser(name, help=help, description=description)
+    add_dataclass_options(parser, cls, helps=helps, **options)
+    add_threads_option(parser)
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+    return parser
+
+
 def apply_threads(n: int) -> None:
     """Set torch's CPU thread count from ``--threads`` (0: leave torch's default); negative is an error."""
     from ..errors import ClipstudioError

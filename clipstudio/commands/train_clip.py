@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._options import add_dataclass_options, add_threads_option, apply_threads, typed_settings
+from ._options import add_trainer_parser, apply_threads, typed_settings
 
 HELPS = {
     "model": "an open_clip config a world registers: shapes-guide or shapes-eval",
@@ -25,12 +25,8 @@ HELPS = {
 def register(sub: argparse._SubParsersAction) -> None:
     from ..worlds.shapes.train_clip import ClipTrainConfig
 
-    parser = sub.add_parser("clip", help="train a shapes-world CLIP model (shapes-guide, shapes-eval)",
-                            description=__doc__.splitlines()[0])
-    add_dataclass_options(parser, ClipTrainConfig, helps=HELPS)
-    add_threads_option(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
+    add_trainer_parser(sub, "clip", ClipTrainConfig, help="train a shapes-world CLIP model (shapes-guide, shapes-eval)",
+                       description=__doc__.splitlines()[0], helps=HELPS, run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_dataclass_options, add_threads_option, apply_threads, command_line, typed_settings
+from ._options import add_trainer_parser, apply_threads, command_line, typed_settings
 
 HELPS = {
     "out": "the shippable checkpoint (a .json sidecar beside it records command, config and progress)",
@@ -27,13 +27,9 @@ HELPS = {
 def register(sub: argparse._SubParsersAction) -> None:
     from ..worlds.shapes.train_diffusion import SPACES, TRAIN_OPTIONAL_TYPES, DiffusionTrainConfig
 
-    parser = sub.add_parser("diffusion", help="train the shapes world's CFG diffusion model",
-                            description="Train (or resume) the shapes world's text-to-image diffusion model.")
-    add_dataclass_options(parser, DiffusionTrainConfig, helps=HELPS, choices={"space": SPACES},
-                          types=TRAIN_OPTIONAL_TYPES)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_threads_option(parser)
-    parser.set_defaults(run=run)
+    add_trainer_parser(sub, "diffusion", DiffusionTrainConfig, help="train the shapes world's CFG diffusion model",
+                       description="Train (or resume) the shapes world's text-to-image diffusion model.",
+                       helps=HELPS, run=run, choices={"space": SPACES}, types=TRAIN_OPTIONAL_TYPES)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     config = DiffusionTrainConfig(**typed_settings(args, DiffusionTrainConfig)).validate()
-    summary = train(config, progress=not args.no_progress, command=command_line("train diffusion", typed_settings(args, DiffusionTrainConfig)))
+    summary = train(config, progress=not args.quiet, command=command_line("train diffusion", typed_settings(args, DiffusionTrainConfig)))
     print(f"saved {config.out} at step {summary['step']} ({summary['train_seconds']:.0f} s, "
           f"loss {summary['last_loss']:.4f})")
     return 0

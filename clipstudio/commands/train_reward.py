@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ClipstudioError
-from ._options import add_dataclass_options, add_threads_option, apply_threads, command_line, typed_settings
+from ._options import add_trainer_parser, apply_threads, command_line, typed_settings
 
 HELPS = {
     "model": "the embedded diffusion model to start from",
@@ -46,18 +46,15 @@ HELPS = {
 def register(sub: argparse._SubParsersAction) -> None:
     from ..worlds.shapes.train_reward import METHODS, OPTIONAL_TYPES, RewardTrainConfig, list_rewards
 
-    parser = sub.add_parser("reward", help="fine-tune the shapes diffusion model toward a reward (DRaFT or RWR)",
-                            description="Fine-tune the shapes world's diffusion model toward a reward and measure "
-                                        "where it starts to please the reward rather than the checker.")
-    add_dataclass_options(parser, RewardTrainConfig, helps=HELPS, types=OPTIONAL_TYPES,
-                          choices={"method": METHODS, "reward": list_rewards()})
+    parser = add_trainer_parser(
+        sub, "reward", RewardTrainConfig, help="fine-tune the shapes diffusion model toward a reward (DRaFT or RWR)",
+        description="Fine-tune the shapes world's diffusion model toward a reward and measure where it starts to "
+                    "please the reward rather than the checker.",
+        helps=HELPS, run=run, types=OPTIONAL_TYPES, choices={"method": METHODS, "reward": list_rewards()})
     parser.add_argument("--plot", default=None, metavar="PNG",
                         help="also draw the curve (of this run, and of --plot-with runs) as one figure")
     parser.add_argument("--plot-with", action="append", default=None, metavar="LABEL=CURVE.json",
                         help="another run's curve JSON to draw beside this one (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_threads_option(parser)
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     others = read_other_curves(args.plot_with or [])
     if args.plot:
         check_writable(args.plot)
-    summary = train(config, progress=not args.no_progress, command=command_line("train reward", settings))
+    summary = train(config, progress=not args.quiet, command=command_line("train reward", settings))
     best = summary["best"]
     print(f"saved {config.out} at step {summary['step']} ({summary['train_seconds']:.0f} s); best curve point: "
           f"step {best['step']}, pass rate {best['pass_rate']:.3f} -> {config.best_path}")

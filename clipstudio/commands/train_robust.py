@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._options import add_dataclass_options, add_threads_option, apply_threads, command_line, typed_settings
+from ._options import add_trainer_parser, apply_threads, command_line, typed_settings
 
 HELPS = {
     "model": "the CLIP to make robust: an embedded name (shapes-guide), NAME:PATH or a checkpoint path",
@@ -32,13 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..guide.robust import NORMS, OBJECTIVES
     from ..worlds.shapes.train_robust import RobustTrainConfig
 
-    parser = sub.add_parser("robust", help="adversarially fine-tune a CLIP image tower (FARE, TeCoA)",
-                            description=__doc__.splitlines()[0])
-    add_dataclass_options(parser, RobustTrainConfig, helps=HELPS,
-                          choices={"objective": OBJECTIVES, "norm": NORMS})
-    add_threads_option(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
+    add_trainer_parser(sub, "robust", RobustTrainConfig, help="adversarially fine-tune a CLIP image tower (FARE, TeCoA)",
+                       description=__doc__.splitlines()[0], helps=HELPS, run=run,
+                       choices={"objective": OBJECTIVES, "norm": NORMS})
 
 
 def run(args: argparse.Namespace) -> int:
