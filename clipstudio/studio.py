@@ -33,6 +33,12 @@ from .resources import check_fits, estimate_peak_bytes
 from .schedules import ema_decay, lr_factor
 
 
+# The search judges at most this many pixels (option images plus their cutouts) in one batch, unless one
+# restart's options alone hold more: at the shapes world's 64 px every restart's options share one batch (the
+# guide's time per image falls with the batch), while at 4096 px each restart's options go alone, as before.
+SEARCH_BATCH_PIXELS = 1 << 22
+
+
 @dataclass
 class StepInfo:
     """What one step did: its index, each loss term (unweighted), the total, and whether it was skipped."""
@@ -298,32 +304,45 @@ class Studio:
         stops when a sweep changes none of its choices. Returns each run's last judged loss."""
         losses = [math.inf] * len(runs)
         active = list(range(len(runs)))
+        # Pixels (images plus their cutouts) judged in one batch: several runs' options share a batch up to
+        # this, and one run's options always do (as before the lockstep), so large images cost what they did.
+        per_image = self.config.width * self.config.height + cutter.cutn * cutter.size ** 2
+        runs_per_batch = max(1, SEARCH_BATCH_PIXELS // (per_image * max(c.options for c in runs[0])))
         for _ in range(sweeps):
             changed = set()
             for index in range(len(runs[0])):
-                tried, images = {}, []
-                for run in active:
-                    choice = runs[run][index]
-                    before = choice.get()
-                    options = [o for o in range(choice.options) if choice.allowed(o)] or [before]
-                    for option in options:
-                        choice.set(option)
-                        images.append(generators[run]())
-                    tried[run] = (options, before)
-                totals = self._objective(torch.cat(images), params, cutter)[0]
-                totals = torch.where(torch.isfinite(totals), totals, torch.full_like(totals, math.inf)).tolist()
-                for run in active:
-                    choice, (options, before) = runs[run][index], tried[run]
-                    scores, totals = totals[:len(options)], totals[len(options):]
-                    best = min(range(len(options)), key=lambda k: scores[k] + choice.cost(options[k]))
-                    choice.set(options[best])
-                    losses[run] = scores[best]
-                    if options[best] != before:
-                        changed.add(run)
+                for start in range(0, len(active), runs_per_batch):
+                    batch = active[start:start + runs_per_batch]
+                    changed |= self._judge_choice([runs[run][index] for run in batch],
+                                                  [generators[run] for run in batch], batch, losses, params, cutter)
             active = [run for run in active if run in changed]
             if not active:
                 break
         return losses
+
+    def _judge_choice(self, choices: list[Choice], generators: list[torch.nn.Module], ids: list[int],
+                      losses: list[float], params: CutoutParams, cutter: Cutouts) -> set[int]:
+        """Set each choice (one per run ``ids``) to its best allowed option, all options judged in one batch;
+        records each run's loss and returns the runs whose choice changed."""
+        tried, images = [], []
+        for choice, generator in zip(choices, generators):
+            before = choice.get()
+            options = [o for o in range(choice.options) if choice.allowed(o)] or [before]
+            for option in options:
+                choice.set(option)
+                images.append(generator())
+            tried.append((options, before))
+        totals = self._objective(torch.cat(images), params, cutter)[0]
+        totals = torch.where(torch.isfinite(totals), totals, torch.full_like(totals, math.inf)).tolist()
+        changed = set()
+        for run, choice, (options, before) in zip(ids, choices, tried):
+            scores, totals = totals[:len(options)], totals[len(options):]
+            best = min(range(len(options)), key=lambda k: scores[k] + choice.cost(options[k]))
+            choice.set(options[best])
+            losses[run] = scores[best]
+            if options[best] != before:
+                changed.add(run)
+        return changed
 
     def _search_once(self) -> None:
         """The configured search, once, before the first step (a resumed run has done it already)."""

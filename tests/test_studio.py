@@ -228,6 +228,32 @@ def test_restarts_in_lockstep_end_where_each_restart_alone_would(tiny_options, m
     assert len({tuple(found) for _, found in alone}) > 1  # the restarts did end in different places
 
 
+def test_a_small_search_batch_judges_one_restart_at_a_time_and_ends_in_the_same_place(tiny_options, monkeypatch):
+    """Large images must not multiply the search's peak memory by the restarts: below the pixel budget each
+    restart's options are judged alone, and the search ends where the shared batch ends."""
+    studio = _search_studio(tiny_options, seed=3, generator_options={"palette": PALETTE, "count": 2})
+    params = studio._search_cutouts().draw(32, 32)
+    monkeypatch.setattr(Cutouts, "draw", lambda *args, **kwargs: params)
+    start = copy.deepcopy(studio.generator.state_dict())
+    judge, batches = studio._objective, []
+
+    def counting(images=None, *args, **kwargs):
+        batches.append(len(images))
+        return judge(images, *args, **kwargs)
+
+    monkeypatch.setattr(studio, "_objective", counting)
+    torch.manual_seed(5)
+    shared = studio.search(sweeps=1, restarts=3), [c.get() for c in studio.generator.choices()]
+    assert max(batches) > 9  # at 32 px the three restarts share each batch
+    monkeypatch.setattr(studio_module, "SEARCH_BATCH_PIXELS", 1)
+    batches.clear()
+    studio.generator.load_state_dict(start)
+    torch.manual_seed(5)
+    alone = studio.search(sweeps=1, restarts=3), [c.get() for c in studio.generator.choices()]
+    assert max(batches) <= 9  # the most options one choice has: 8 colours and "not drawn"
+    assert alone[0] == pytest.approx(shared[0], abs=1e-5) and alone[1] == shared[1]
+
+
 def test_a_restart_copy_owns_its_trainable_state_and_shares_frozen_weights():
     generator = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     generator[1].requires_grad_(False)  # a decoder: read by every restart, changed by none
