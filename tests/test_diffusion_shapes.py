@@ -189,7 +189,7 @@ def test_training_defaults_live_once_in_the_config():
     sub = argparse.ArgumentParser().add_subparsers()
     train_diffusion.register(sub)
     parser = sub.choices["diffusion"]
-    assert vars(parser.parse_args([])) == {"no_progress": False, "threads": 0, "run": train_diffusion.run}
+    assert vars(parser.parse_args([])) == {"quiet": False, "threads": 0, "run": train_diffusion.run}
     shown = parser.format_help()
     assert "default: 4000" in shown and "default: 0.0005" in shown
     config = DT.DiffusionTrainConfig(**{"steps": 7})
