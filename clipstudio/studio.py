@@ -462,6 +462,9 @@ class Studio:
         if missing:
             raise ClipstudioError(f"the checkpoint lacks {', '.join(missing)}; it is not a clipstudio run state")
         saved, current = _portable(_with_defaults(state["settings"])), _portable(self.config.to_full_dict())
+        # Searched already, and no layout's search made the init image: the search's settings are spent.
+        if isinstance(state["step"], int) and state["step"] > 0 and resolve_layout(self.config) is None:
+            saved, current = self._without_search_settings(saved), self._without_search_settings(current)
         if saved != current:  # device may differ
             differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)) \
                 if isinstance(saved, dict) else []
@@ -489,6 +492,17 @@ class Studio:
         self.step_index, self.skipped, self.history = step, skipped, list(history)
         if ema is not None:
             self.ema, self.ema_updates = ema
+
+    def _without_search_settings(self, settings: Any) -> Any:
+        """Settings less those only the search before step 0 reads: the search's own and the generator's
+        ``search_options`` (a shapes installation's state resumes after the recipe's search changed)."""
+        if not isinstance(settings, dict):
+            return settings
+        spent = set(getattr(type(self.generator), "search_options", ()))
+        kept = {k: v for k, v in settings.items() if k not in _SEARCH_SETTINGS}
+        if isinstance(kept.get("generator_options"), dict):
+            kept["generator_options"] = {k: v for k, v in kept["generator_options"].items() if k not in spent}
+        return kept
 
     def _checked_ema(self, saved: Any) -> tuple[list[torch.Tensor], int] | None:
         """The saved EMA as this run's tensors, or None when the run keeps none; one line if it does not fit."""
@@ -591,6 +605,9 @@ def _with_defaults(settings: Any) -> Any:
         return settings
     return {**GenerateConfig().to_full_dict(), **_BEFORE_THEY_EXISTED, **settings}
 
+
+# Read by the search before step 0 only.
+_SEARCH_SETTINGS = ("search", "search_restarts", "search_cutn")
 
 # Where it runs, and how fast (the same results to float32 rounding): not what it makes.
 _NOT_COMPARED_ON_RESUME = ("device", "fast_augments", "fused_optimizer")

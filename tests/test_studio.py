@@ -149,6 +149,32 @@ def test_resume_refuses_other_settings_and_torn_files(tiny_options, tmp_path):
         clipstudio.Studio(clipstudio.make_config("a red circle", **tiny_options)).resume(ckpt)
 
 
+def test_a_state_saved_after_the_search_resumes_with_other_search_settings(tiny_options, tmp_path):
+    """What only the search before step 0 reads (its sweeps, restarts, cutouts, the generator's
+    ``search_options``) is spent once the run has stepped: an installation's state resumes after the recipe's
+    search changed, and goes on to the image the interrupted run would have made. Before step 0 it is refused."""
+    before = {**tiny_options, "steps": 6, "generator": "primitives", "search": 1, "search_restarts": 2,
+              "generator_options": {"palette": PALETTE, "count": 1, "shape_cost": 0.02}}
+    after = {**before, "search_restarts": 5, "search_cutn": 2,
+             "generator_options": {"palette": PALETTE, "count": 1, "shape_cost": 0.035}}
+    config = clipstudio.make_config("a red circle", **before)
+    straight = clipstudio.Studio(config).run()
+    ckpt = tmp_path / "run.ckpt"
+    clipstudio.Studio(config).run(callback=lambda s, info: info.step < 2, checkpoint=ckpt, checkpoint_every=1)
+    resumed = clipstudio.Studio(clipstudio.make_config("a red circle", **after))
+    assert resumed.resume(ckpt) and resumed.step_index == 3
+    assert np.array_equal(pixels(straight), pixels(resumed.run()))
+    clipstudio.Studio(config).run(callback=lambda s, info: False, checkpoint=ckpt, checkpoint_every=1)
+    other_palette = {**after, "generator_options": {"palette": PALETTE[:-8], "count": 1}}  # not a search option
+    with pytest.raises(ClipstudioError, match="generator_options differ"):
+        clipstudio.Studio(clipstudio.make_config("a red circle", **other_palette)).resume(ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    state["step"], state["skipped"], state["history"] = 0, 0, []
+    torch.save(state, ckpt)
+    with pytest.raises(ClipstudioError, match="search_restarts"):
+        clipstudio.Studio(clipstudio.make_config("a red circle", **after)).resume(ckpt)
+
+
 def _search_studio(tiny_options, **changes):
     options = {**tiny_options, "generator": "primitives", "generator_options": {"palette": PALETTE, "count": 1},
                **changes}

@@ -13,7 +13,8 @@ A generator is an ``nn.Module`` that holds trainable latent parameters and draws
 - ``choices()`` (optional) returns the generator's discrete choices as :class:`Choice` objects (a colour
   from a palette, a shape type, whether an object is drawn...). Gradients move such choices poorly, so
   the studio may search them: it sets each option in turn, scores ``forward()`` with the loss, and keeps the
-  best. The default returns no choices.
+  best. The default returns no choices. The class attribute ``search_options`` names the options that only
+  the search reads (its lattice, its costs): a run state saved after the search resumes when they differ.
 - ``set_image(image)`` (optional) puts an NCHW [0, 1] image (any size) into the latent, as an init image
   would start it: pixels directly, latent and VQGAN generators through their encoders. Animations use it to
   move the current image (zoom, pan, rotate) and continue from the moved one. It returns False when the
@@ -52,6 +53,8 @@ class Choice:
 
 class Generator(nn.Module):
     """Base class for generators; see the module docstring for the contract."""
+
+    search_options: tuple[str, ...] = ()  # options only the search reads
 
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None, **options: Any):
         super().__init__()

@@ -112,6 +112,8 @@ class PrimitivesGenerator(Generator):
     whether each shape is drawn, its type, a coarse position and size) for the studio's search.
     """
 
+    search_options = ("distinct", "shape_cost", "grid", "search_sizes")
+
     def __init__(self, size: tuple[int, int], init_image: torch.Tensor | None = None, **options):
         super().__init__(size, init_image)
         opts = parse_options(PrimitivesOptions, options, "primitives")
