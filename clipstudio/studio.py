@@ -199,6 +199,9 @@ class Studio:
         for index, guide in enumerate(self.guides):
             key = f"clip{index}" if len(self.guides) > 1 else "clip"
             self.losses[key] = ClipLoss(guide, prompts, self._image_prompt_embeds(prompts, guide)).to(self.device)
+        for loss in self.losses.values():
+            if loss.needs_prompts:  # score distillation conditions its model on the new prompts
+                loss.set_prompts(prompts)
 
     def _image_prompt_embeds(self, prompts: list[Prompt], guide) -> dict[str, torch.Tensor]:
         embeds = {}
@@ -222,7 +225,7 @@ class Studio:
             weights[key] = 1.0 / len(self.guides)  # an ensemble averages its models' losses
         for name, weight in self.config.losses.items():
             if weight > 0:
-                losses[name] = build_loss(name, **self.config.loss_options.get(name, {}))
+                losses[name] = build_loss(name, prompts, **self.config.loss_options.get(name, {}))
                 weights[name] = float(weight)
         if self.config.latent_l2:  # a term on the latents, not the image: computed in _objective
             weights[LATENT_L2] = float(self.config.latent_l2)

@@ -43,3 +43,15 @@ def write_tiny_world(folder: Path, seed: int = 0) -> Path:
         "diffusion": {TINY_MODEL: {"checkpoint": "tiny.pt",
                                    "loader": "clipstudio.worlds.shapes.diffusion_model:load_shapes_backend"}}}))
     return folder
+
+
+def assert_sds_gives_each_image_a_value_and_a_gradient(loss, size: int) -> None:
+    """A score-distillation loss on two random images: one finite value each, and a gradient on the pixels."""
+    from clipstudio.losses import LossContext
+
+    image = torch.rand(2, 3, size, size, requires_grad=True)
+    torch.manual_seed(0)
+    value = loss(LossContext(image=image, cutouts=None, init_image=None, step=0))
+    assert value.shape == (2,) and torch.isfinite(value).all()
+    value.sum().backward()
+    assert image.grad.abs().sum() > 0

@@ -268,6 +268,7 @@ GENERATE_CASES = [
     (["--tv", "nan"], "must be a finite number"),
     (["--loss", "tv=1e300"], "weight of loss 'tv'"),
     (["--gen-opt", "parametrization=nan"], "must be a finite number"),
+    (["--loss", "sds=1", "--loss-opt", "sds.model=no-such-model"], "no-such-model"),
     (["--save-every", "-1"], "--save-every must be"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be"),
     (["--keep", "3"], "--keep must be"),

@@ -10,7 +10,15 @@ from clipstudio.guide.prompts import parse_prompts
 from clipstudio.losses import LOSSES, ClipLoss, LossContext, spherical_distance, stop_gradient_below
 
 
-def make_loss(name: str, tiny_clip: str):
+def make_loss(name: str, tiny_clip: str, tmp_path_factory=None):
+    if name == "sds":  # score distillation with a tiny seeded random diffusion model (pixel space, 32 px)
+        from diffusion_fixtures import write_tiny_checkpoint
+
+        from clipstudio.worlds.shapes.diffusion_model import load_shapes_backend
+        backend = load_shapes_backend(write_tiny_checkpoint(tmp_path_factory.mktemp("sds") / "tiny.pt"))
+        loss = LOSSES["sds"](backend=backend)
+        loss.set_prompts(parse_prompts("a red circle|a blue square:-0.5"))
+        return loss
     if name == "clip":
         return LOSSES["clip"](load_clip(tiny_clip), parse_prompts("a red circle|a blue square:-0.5"))
     if name == "perceptual":
@@ -24,11 +32,12 @@ def context(image: torch.Tensor, init: torch.Tensor | None) -> LossContext:
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_loss_contract(name, tiny_clip):
+def test_loss_contract(name, tiny_clip, tmp_path_factory):
     torch.manual_seed(0)
-    loss = make_loss(name, tiny_clip)
+    loss = make_loss(name, tiny_clip, tmp_path_factory)
     init = torch.rand(1, 3, 32, 32)
     image = torch.rand(1, 3, 32, 32, requires_grad=True)
+    torch.manual_seed(1)  # a stochastic loss draws the same noise for each image below
     value = loss(context(image, init))
     assert value.shape == (1,) and torch.isfinite(value).all()
     value.sum().backward()
@@ -36,7 +45,11 @@ def test_loss_contract(name, tiny_clip):
     # One gradient step on the image lowers the loss.
     with torch.no_grad():
         stepped = (image - 1e-2 * image.grad / image.grad.abs().max()).clamp(0, 1)
+        torch.manual_seed(1)
         assert loss(context(stepped, init)) < value
+        if loss.stochastic:  # new noise for each image of a batch: only the shape can be compared
+            assert loss(context(torch.cat([stepped, image.detach()]), init)).shape == (2,)
+            return
         # A batch of images gets one value each, the same as each image alone.
         pair = torch.cat([stepped, image.detach()])
         batched = loss(LossContext(image=pair, cutouts=torch.cat([context(stepped, init).cutouts,

@@ -188,3 +188,16 @@ def test_a_hub_pipeline_offline_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(ClipstudioError, match="not in the Hugging Face cache.*hf download org/tiny-sd") as info:
         B.load_sd_pipeline("org/tiny-sd")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "flow"])
+@pytest.mark.parametrize("space", ["image", "latent"])
+def test_score_distillation_with_a_pipeline_gives_the_image_a_gradient(pipelines, kind, space):
+    from diffusion_fixtures import assert_sds_gives_each_image_a_value_and_a_gradient
+
+    from clipstudio.guide.prompts import parse_prompts
+    from clipstudio.losses import build_loss
+
+    loss = build_loss("sds", parse_prompts("a red circle|a blue square:-1"), pipeline=str(pipelines[kind]),
+                      space=space)
+    assert_sds_gives_each_image_a_value_and_a_gradient(loss, 16)

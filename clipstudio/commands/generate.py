@@ -62,6 +62,8 @@ def add_generate_options(parser: argparse.ArgumentParser) -> None:
                         help="weight a regularizer (see 'clipstudio models')")
     for name, text in SHORTHAND_LOSSES.items():
         parser.add_argument(f"--{name}", type=float, default=S, help=f"{text} (same as --loss {name}=W)")
+    parser.add_argument("--loss-opt", type=loss_option, action="append", default=S, metavar="NAME.KEY=VALUE",
+                        help="an option of a loss, e.g. sds.model=shapes-diffusion or sds.guidance=3")
     parser.add_argument("--perceptual-net", default=S, help="LPIPS backbone: alex, vgg or squeeze")
     parser.add_argument("--trust-checkpoint", action="store_true", default=False,
                         help="allow a full unpickle of a checkpoint that cannot be loaded safely, for this run only "
@@ -104,10 +106,23 @@ def _merge_mapping_options(settings: dict[str, Any], given: dict[str, Any]) -> N
     losses.update({name: given[name] for name in SHORTHAND_LOSSES if name in given})
     if losses:
         settings["losses"] = losses
-    if "perceptual_net" in given:
-        options = dict(settings.get("loss_options", {}))
-        options["perceptual"] = {**options.get("perceptual", {}), "net": given["perceptual_net"]}
+    typed_options = [(("perceptual", "net"), given["perceptual_net"])] if "perceptual_net" in given else []
+    typed_options += list(given.get("loss_opt", []))
+    if typed_options:
+        options = {name: dict(values) if isinstance(values, dict) else values
+                   for name, values in settings.get("loss_options", {}).items()}
+        for (name, key), value in typed_options:
+            options.setdefault(name, {})[key] = value
         settings["loss_options"] = options
+
+
+def loss_option(text: str) -> tuple[tuple[str, str], Any]:
+    """An argparse type for ``--loss-opt NAME.KEY=VALUE``: ((name, key), value)."""
+    key, value = key_value(text)
+    name, dot, option = key.partition(".")
+    if not dot or not name or not option:
+        raise argparse.ArgumentTypeError(f"expected NAME.KEY=VALUE (e.g. sds.guidance=3), got '{text}'")
+    return (name, option), value
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -163,7 +163,9 @@ def cfg_sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, shape:
 @dataclass
 class CFGBackend:
     """A text-conditioned UNet with a text encoder; `decoder` maps the UNet's space to images in [-1, 1]
-    (a VAE decode for latent models, a reshape for pixel models; None: the UNet space is the image)."""
+    (a VAE decode for latent models, a reshape for pixel models; None: the UNet space is the image), and
+    `encoder`, where the model has one, maps images in [0, 1] to the UNet's space, differentiably (score
+    distillation's way in; see :class:`clipstudio.losses.ScoreDistillationLoss`)."""
     unet: object
     text_encoder: Callable[[Sequence[str]], torch.Tensor]
     prediction: str = "epsilon"                     # 'epsilon' or 'v_prediction' (DDPM family) or 'flow'
@@ -173,6 +175,17 @@ class CFGBackend:
     default_guidance: float = 4.0
     default_steps: int = 50
     default_guidance_rescale: float = 0.0
+    encoder: Optional[torch.nn.Module] = None
+
+    def alphas_cumprod(self) -> Optional[torch.Tensor]:
+        """The training schedule's cumulative alphas (DDPM-family models); None for flow models."""
+        if self.family == "flow":
+            return None
+        return make_scheduler("ddpm", config=self.scheduler_config).alphas_cumprod.float()
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -363,7 +376,21 @@ def load_sd_pipeline(name_or_path: str, device: str = "auto", dtype: torch.dtype
     return CFGBackend(unet=pipe.unet, text_encoder=HFTextEncoder(pipe.tokenizer, pipe.text_encoder),
                       prediction=pred, scheduler_config=dict(pipe.scheduler.config), decoder=decode,
                       default_sampler="flow-euler" if pred == "flow" else "ddim",
-                      default_guidance=default_guidance)
+                      default_guidance=default_guidance, encoder=VAEEncoder(vae, shift))
+
+
+class VAEEncoder(torch.nn.Module):
+    """Images in [0, 1] -> a pipeline's scaled latents: the mean of AutoencoderKL's posterior (its mode), or
+    AutoencoderTiny's latents, as the pipeline's UNet saw them in training."""
+
+    def __init__(self, vae, shift: float = 0.0):
+        super().__init__()
+        self.vae, self.shift = vae, float(shift)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.vae.encode((images * 2 - 1).to(self.vae.dtype))
+        latents = out.latent_dist.mean if hasattr(out, "latent_dist") else out.latents
+        return ((latents - self.shift) * self.vae.config.scaling_factor).float()
 
 
 # --------------------------------------------------------------------------- embedded models of worlds

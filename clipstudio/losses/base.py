@@ -4,6 +4,9 @@ A loss is an ``nn.Module`` whose ``forward(ctx: LossContext)`` returns one value
 ``ctx.image``: a tensor of shape ``(N,)``. (The optimizer passes one image; a search judges several at once.)
 The total objective is the weighted sum of the losses; weights live in the settings, not in the modules,
 so every term is reported unweighted and weighted alike.
+
+A loss that ``needs_prompts`` (score distillation) also implements ``set_prompts(prompts)``: the run calls it
+when the loss is built and whenever its prompts change (a schedule, a live playlist).
 """
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ class Loss(nn.Module):
     """Base class: subclasses implement ``forward(ctx) -> (N,) tensor``."""
 
     needs_cutouts = False
+    needs_prompts = False
+    stochastic = False  # True: each call draws random numbers (two calls on one image may differ)
+
+    def set_prompts(self, prompts: list) -> None:
+        """Guide toward these prompts (only losses that ``needs_prompts`` use them)."""
 
     def forward(self, ctx: LossContext) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

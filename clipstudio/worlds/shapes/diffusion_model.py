@@ -38,6 +38,9 @@ from clipstudio.errors import ClipstudioError, missing_extra
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS_DIR / "shapes-diffusion.pt"
+# TAEF2's encoder (fp16, as published), for checkpoints that embed only the decoder: score distillation needs a
+# differentiable way from images into the latent space.
+TAEF2_ENCODER = ASSETS_DIR / "taef2-encoder.pt"
 GUIDE_CONFIG = Path(__file__).resolve().parent / "model_configs" / "shapes-guide.json"
 IMAGE_SIZE = 32
 PATCH = 2                                     # space-to-depth factor: 32x32x3 <-> 16x16x12
@@ -93,20 +96,69 @@ def latent_unet_config(text_width: int = 64) -> dict:
 
 
 def latent_decoder(space: dict, decoder_state: dict):
-    """UNet space -> images in [-1, 1]: un-normalize with the dataset's latent statistics, TAEF2-decode."""
+    """(the TAEF2 decoder, a :class:`LatentDecoder` around it) for a checkpoint's latent space."""
     from clipstudio.generators.taef2 import load_into, taef2_decoder
     width = int(decoder_state["1.weight"].shape[0])
     decoder = load_into(taef2_decoder(int(decoder_state["1.weight"].shape[1]), width),
                         {k: v.float() for k, v in decoder_state.items()}, "diffusion checkpoint's TAEF2 decoder")
     decoder.eval()
-    mean = torch.tensor(space["latent_mean"])[:, None, None]
-    std = torch.tensor(space["latent_std"])[:, None, None]
+    return decoder, LatentDecoder(space, decoder)
 
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            img = decoder(z.float() * std.to(z.device) + mean.to(z.device))
-        return img.clamp(0, 1) * 2 - 1
-    return decoder, decode
+
+class LatentDecoder(torch.nn.Module):
+    """UNet space -> images in [-1, 1]: un-normalize with the dataset's latent statistics, TAEF2-decode (no
+    gradient). A module, so that whoever holds it (a loss) moves it to the run's device."""
+
+    def __init__(self, space: dict, decoder: torch.nn.Module):
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("mean", torch.tensor(space["latent_mean"])[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(space["latent_std"])[:, None, None], persistent=False)
+
+    @torch.no_grad()
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z.float() * self.std + self.mean).clamp(0, 1) * 2 - 1
+
+
+class LatentEncoder(torch.nn.Module):
+    """Images in [0, 1] -> the UNet's space: resized to the model's size, TAEF2-encoded, normalized with the
+    dataset's latent statistics (the inverse of :func:`latent_decoder`), differentiably."""
+
+    def __init__(self, space: dict, encoder_state: dict):
+        super().__init__()
+        from clipstudio.generators.taef2 import load_into, taef2_encoder
+        width, channels = int(encoder_state["0.weight"].shape[0]), len(space["latent_mean"])
+        self.encoder = load_into(taef2_encoder(channels, width), {k: v.float() for k, v in encoder_state.items()},
+                                 "TAEF2 encoder").eval().requires_grad_(False)
+        self.size = int(space["image_size"])
+        self.register_buffer("mean", torch.tensor(space["latent_mean"])[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(space["latent_std"])[:, None, None], persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.encoder(fit_size(images, self.size)) - self.mean) / self.std
+
+
+class PixelEncoder(torch.nn.Module):
+    """Images in [0, 1] -> the pixel model's space (resized to 32 px, then :func:`to_model_space`)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return to_model_space(fit_size(images, IMAGE_SIZE))
+
+
+def fit_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images resized (antialiased bilinear) to size x size, untouched when they already are."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def taef2_encoder_state(ck: dict) -> Optional[dict]:
+    """The checkpoint's embedded TAEF2 encoder, else the one shipped beside the world's models (None if gone)."""
+    if "encoder" in ck:
+        return ck["encoder"]
+    if TAEF2_ENCODER.is_file():
+        return load_checkpoint(TAEF2_ENCODER)["encoder"]
+    return None
 
 
 def build_unet(config: dict):
@@ -223,10 +275,12 @@ def load_shapes_backend(path: Optional[str | os.PathLike] = None, device: str = 
         unet.load_state_dict({k: v.float() for k, v in ck["unet"].items()})
         tower = load_text_tower(ck["text_tower"], ck["text_cfg"])
         space = ck.get("space") or {"kind": "pixel"}
-        decode = from_model_space
+        decode, image_encoder = from_model_space, PixelEncoder()
         if space["kind"] == "taef2":
-            decoder_module, decode = latent_decoder(space, ck["decoder"])
-            decoder_module.to(device)
+            _, decode = latent_decoder(space, ck["decoder"])
+            decode.to(device)
+            encoder_state = taef2_encoder_state(ck)
+            image_encoder = LatentEncoder(space, encoder_state).to(device) if encoder_state else None
         elif space["kind"] != "pixel":
             raise ClipstudioError(f"diffusion checkpoint {path} has an unknown model space '{space['kind']}'")
     except ClipstudioError:
@@ -245,7 +299,7 @@ def load_shapes_backend(path: Optional[str | os.PathLike] = None, device: str = 
     return CFGBackend(unet=unet, text_encoder=encoder, prediction=prediction, scheduler_config=sched_cfg,
                       decoder=decode, default_sampler=str(ck.get("default_sampler", "ddim")),
                       default_guidance=float(ck.get("default_guidance", 3.0)),
-                      default_steps=int(ck.get("default_steps", 50)))
+                      default_steps=int(ck.get("default_steps", 50)), encoder=image_encoder)
 
 
 def unet_param_count(config: Optional[dict] = None) -> int:

@@ -1,0 +1,130 @@
+"""Score distillation: a text-to-image diffusion model as a prior on the image, by gradient alone.
+
+The guided model's denoised estimate of the noised image is a target the image moves toward (SDS; Poole et al.
+2022, "DreamFusion"); see :mod:`clipstudio.diffusion.distillation` for the maths. Beside a CLIP loss it keeps
+the image on the model's manifold, where CLIP's own gradient alone paints adversarial texture.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ClipstudioError
+from ..guide.prompts import Prompt
+from .base import Loss, LossContext
+
+
+def load_prior_backend(model: str | None, pipeline: str | None):
+    """The CFG backend of an embedded diffusion ``model`` or a Stable Diffusion-style ``pipeline`` (one of the
+    two), on the CPU (the run moves the loss to its device)."""
+    from ..diffusion.backend import load_embedded_backend, load_sd_pipeline
+
+    if bool(model) == bool(pipeline):
+        raise ClipstudioError("the sds loss needs one diffusion model: loss option model=NAME (an embedded "
+                              "model, see 'clipstudio models') or pipeline=DIR")
+    return load_sd_pipeline(pipeline, device="cpu") if pipeline else load_embedded_backend(model, device="cpu")
+
+
+def _number(value, name: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ClipstudioError(f"sds option {name} must be a number, got {value!r}") from None
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ClipstudioError(f"sds option {name} must be in [{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+class ScoreDistillationLoss(Loss):
+    """SDS toward the run's text prompts: ``0.5 mean |x - sg(x0_hat)|^2`` per image, where ``x`` is the image in
+    the model's space and ``x0_hat`` the classifier-free-guided denoised estimate at a random noise level.
+
+    Options: ``model`` (an embedded diffusion model) or ``pipeline`` (a diffusers folder or hub name), or, from
+    Python, a loaded ``backend`` (:class:`~clipstudio.diffusion.backend.CFGBackend`);
+    ``guidance`` (the CFG scale, default 7.5: SDS wants more than sampling does); ``t_min``, ``t_max``
+    (the range of noise levels, as fractions of the training time axis, default DreamFusion's 0.02-0.98);
+    ``space``: ``image`` (default) compares the image with the decoded estimate in pixels, as HiFA's image-level
+    loss does (Zhu et al. 2023), so no gradient goes through the encoder, whose pixel gradient paints texture;
+    ``latent`` is DreamFusion's loss in the model's space.
+    Text prompts of positive weight condition the model (several: their guided directions are mixed by weight,
+    as in composable diffusion, Liu et al. 2022); negative prompts replace the empty unconditional prompt;
+    image prompts do not take part.
+    """
+
+    needs_prompts = True
+    stochastic = True  # a new noise level and noise every call
+
+    def __init__(self, model: str | None = None, pipeline: str | None = None, guidance: float = 7.5,
+                 t_min: float = 0.02, t_max: float = 0.98, space: str = "image", backend=None):
+        super().__init__()
+        if space not in ("image", "latent"):
+            raise ClipstudioError(f"sds option space must be 'image' or 'latent', got {space!r}")
+        self.space = space
+        self.guidance = _number(guidance, "guidance", 0.0, 1e3)
+        self.t_min, self.t_max = _number(t_min, "t_min", 0.0, 1.0), _number(t_max, "t_max", 0.0, 1.0)
+        if self.t_min >= self.t_max:
+            raise ClipstudioError(f"sds option t_min ({t_min}) must be below t_max ({t_max})")
+        backend = backend if backend is not None else load_prior_backend(model, pipeline)
+        if backend.encoder is None:
+            raise ClipstudioError(f"diffusion model '{model or pipeline}' has no encoder from images into its space, "
+                                  "so it cannot judge an image (score distillation)")
+        self.unet = backend.unet.eval().requires_grad_(False)
+        self.encoder = backend.encoder.eval().requires_grad_(False)
+        self.text_encoder = backend.text_encoder
+        self.decoder = backend.decoder  # model space -> images in [-1, 1] (None: the model space is the image)
+        self.prediction = backend.prediction
+        self.num_train_timesteps = backend.num_train_timesteps
+        abar = backend.alphas_cumprod()
+        self.register_buffer("alphas_cumprod", abar if abar is not None else torch.zeros(0), persistent=False)
+        self.register_buffer("cond", torch.zeros(0), persistent=False)
+        self.register_buffer("uncond", torch.zeros(0), persistent=False)
+        self.register_buffer("mix", torch.zeros(0), persistent=False)
+
+    def set_prompts(self, prompts: list[Prompt]) -> None:
+        """Condition on the positive text prompts; the negative ones (if any) are the unconditional branch."""
+        positive = [p for p in prompts if not p.is_image and not p.terms and p.weight > 0]
+        negative = [p.text for p in prompts if not p.is_image and not p.terms and p.weight < 0]
+        if not positive:
+            raise ClipstudioError("the sds loss needs a text prompt of positive weight")
+        device = self.cond.device
+        with torch.no_grad():
+            cond = self.text_encoder([p.text for p in positive]).float()
+            uncond = self.text_encoder([" ".join(negative)] if negative else [""]).float()
+        weights = torch.tensor([p.weight for p in positive])
+        self.cond, self.uncond, self.mix = cond.to(device), uncond.to(device), (weights / weights.sum()).to(device)
+
+    def _guided_x0(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The CFG-guided denoised estimate: one UNet call on the unconditional and every conditional batch."""
+        from ..diffusion.distillation import denoised_estimate
+
+        n, k = x_t.shape[0], self.cond.shape[0]
+        embeds = torch.cat([self.uncond.expand(n, -1, -1)] + [c.expand(n, -1, -1) for c in self.cond])
+        out = self.unet(x_t.repeat(k + 1, 1, 1, 1), t.repeat(k + 1), encoder_hidden_states=embeds).sample
+        uncond, conds = out[:n], out[n:].view(k, *x_t.shape)
+        direction = (self.mix.view(k, 1, 1, 1, 1) * (conds - uncond)).sum(0)
+        guided = uncond + self.guidance * direction
+        return denoised_estimate(x_t, guided, t, self.prediction, self.alphas_cumprod, self.num_train_timesteps)
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        from ..diffusion.distillation import noise_to_time, score_distillation_loss
+
+        if self.cond.numel() == 0:
+            raise ClipstudioError("the sds loss has no prompt (set_prompts was not called)")
+        in_image = self.space == "image"
+        with torch.set_grad_enabled(not in_image and torch.is_grad_enabled()):
+            x0 = self.encoder(ctx.image)
+        frac = torch.empty(x0.shape[0], device=x0.device).uniform_(self.t_min, self.t_max)
+        noise = torch.randn_like(x0)
+        with torch.no_grad():
+            abar = self.alphas_cumprod if self.alphas_cumprod.numel() else None
+            x_t, t = noise_to_time(x0.detach(), noise, frac, self.prediction, abar, self.num_train_timesteps)
+            x0_hat = self._guided_x0(x_t, t)
+            if in_image:
+                target = (self.decoder(x0_hat) if self.decoder is not None else x0_hat).float().add(1).div(2)
+        if not in_image:
+            return score_distillation_loss(x0, x0_hat)
+        if target.shape[-2:] != ctx.image.shape[-2:]:
+            target = torch.nn.functional.interpolate(target, size=ctx.image.shape[-2:], mode="bilinear",
+                                                     align_corners=False)
+        return score_distillation_loss(ctx.image, target.clamp(0, 1))
