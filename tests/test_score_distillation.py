@@ -83,6 +83,7 @@ def test_negative_prompts_replace_the_empty_unconditional_prompt(tiny_backend):
     ({"model": TINY_MODEL, "t_max": 2}, "t_max must be in"),
     ({"model": TINY_MODEL, "space": "pixels"}, "space must be"),
     ({"model": TINY_MODEL, "noise": 1}, "no option"),
+    ({"backend": "shapes-diffusion"}, "from Python"),
 ])
 def test_bad_options_are_one_line(tmp_path, monkeypatch, options, match):
     monkeypatch.setenv("CLIPSTUDIO_WORLDS", str(write_tiny_world(tmp_path)))

@@ -65,7 +65,11 @@ class ScoreDistillationLoss(Loss):
         self.t_min, self.t_max = _number(t_min, "t_min", 0.0, 1.0), _number(t_max, "t_max", 0.0, 1.0)
         if self.t_min >= self.t_max:
             raise ClipstudioError(f"sds option t_min ({t_min}) must be below t_max ({t_max})")
-        backend = backend if backend is not None else load_prior_backend(model, pipeline)
+        if backend is None:
+            backend = load_prior_backend(model, pipeline)
+        elif not hasattr(backend, "unet"):  # settings from a file hold text, never a loaded model
+            raise ClipstudioError("sds option backend takes a loaded CFGBackend from Python; in settings, name a "
+                                  "model= or pipeline=")
         if backend.encoder is None:
             raise ClipstudioError(f"diffusion model '{model or pipeline}' has no encoder from images into its space, "
                                   "so it cannot judge an image (score distillation)")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from clipstudio import weights
 from clipstudio.checkpoints import load_checkpoint
 from clipstudio.errors import ClipstudioError, missing_extra
+from clipstudio.generators.latent import fit_output
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS_DIR / "shapes-diffusion.pt"
@@ -135,21 +136,14 @@ class LatentEncoder(torch.nn.Module):
         self.register_buffer("std", torch.tensor(space["latent_std"])[:, None, None], persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.encoder(fit_size(images, self.size)) - self.mean) / self.std
+        return (self.encoder(fit_output(images, self.size, self.size)) - self.mean) / self.std
 
 
 class PixelEncoder(torch.nn.Module):
     """Images in [0, 1] -> the pixel model's space (resized to 32 px, then :func:`to_model_space`)."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return to_model_space(fit_size(images, IMAGE_SIZE))
-
-
-def fit_size(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Images resized (antialiased bilinear) to size x size, untouched when they already are."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return to_model_space(fit_output(images, IMAGE_SIZE, IMAGE_SIZE))
 
 
 def taef2_encoder_state(ck: dict) -> Optional[dict]:
