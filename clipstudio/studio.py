@@ -243,7 +243,9 @@ class Studio:
             if any(loss.needs_cutouts for loss in self.losses.values()):
                 params = cutout_params or cutter.draw(image.shape[-2], image.shape[-1])
                 cutouts = cutter.apply(image.float(), params)
-            ctx = LossContext(image=image.float(), cutouts=cutouts, init_image=self.init_image, step=self.step_index)
+            code = self.generator.code() if images is None else None
+            ctx = LossContext(image=image.float(), cutouts=cutouts, init_image=self.init_image, step=self.step_index,
+                              code=code)
             terms = {name: loss(ctx).float() for name, loss in self.losses.items()}
         if self.config.latent_l2:
             terms[LATENT_L2] = self._latent_l2().expand(image.shape[0])

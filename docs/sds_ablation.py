@@ -3,9 +3,11 @@
     python docs/sds_ablation.py --generator pixels -n 20 --prompt-seed 31 --steps 200 --lr 0.2 --guidance 3
     python docs/sds_ablation.py --generator direct -n 50 --prompt-seed 31 --steps 100 --lr 0.1 --guidance 7.5
 
-``pixels`` and ``latent`` optimize that generator against the ``sds`` loss only (Adam, image-space SDS);
-``direct`` optimizes the diffusion model's own normalized latents with DreamFusion's latent-space loss, which
-no generator of the package offers. Each image is judged by the world's colour-and-geometry check.
+``pixels`` and ``latent`` optimize that generator against the ``sds`` loss only (Adam; pixels by image-space SDS,
+the TAEF2 latent generator on its own latent, as the loss's default ``space: auto`` does in a run);
+``direct`` optimizes the diffusion model's own normalized latents with DreamFusion's latent-space loss.
+``--parametrization rgb`` gives the pixels generator the recipe's plain RGB pixels. Each image is judged by the
+world's colour-and-geometry check.
 """
 import argparse
 import time
@@ -37,13 +39,14 @@ def direct_image(sds, steps: int, lr: float) -> torch.Tensor:
         return (sds.decoder(z) + 1) / 2
 
 
-def generator_image(sds, name: str, steps: int, lr: float) -> torch.Tensor:
+def generator_image(sds, name: str, steps: int, lr: float, parametrization: str) -> torch.Tensor:
     """The generator's image after ``steps`` Adam steps on the SDS loss alone."""
-    generator = build_generator(name, (64, 64), **({"vae": "taef2"} if name == "latent" else {}))
+    options = {"vae": "taef2"} if name == "latent" else {"parametrization": parametrization}
+    generator = build_generator(name, (64, 64), **options)
     opt = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=lr)
     for step in range(steps):
         opt.zero_grad()
-        sds(LossContext(generator(), None, None, step)).sum().backward()
+        sds(LossContext(generator(), None, None, step, code=generator.code())).sum().backward()
         opt.step()
     with torch.no_grad():
         return generator()
@@ -57,9 +60,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--parametrization", choices=("fourier", "rgb"), default="fourier")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    space = "latent" if args.generator == "direct" else "image"
+    space = "latent" if args.generator == "direct" else "auto"
     sds = build_loss("sds", parse_prompts("x"), model="shapes-diffusion", guidance=args.guidance, space=space)
     passed, start = 0, time.perf_counter()
     prompts = prompt_set(args.n, args.prompt_seed)
@@ -69,7 +73,7 @@ def main() -> None:
         if args.generator == "direct":
             image = direct_image(sds, args.steps, args.lr)
         else:
-            image = generator_image(sds, args.generator, args.steps, args.lr)
+            image = generator_image(sds, args.generator, args.steps, args.lr, args.parametrization)
         pixels = (image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         passed += check_image(pixels, prompt).passed
     seconds = (time.perf_counter() - start) / len(prompts)

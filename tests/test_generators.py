@@ -87,6 +87,21 @@ def test_bad_input(name, extra, tmp_path):
         build(name, extra, tmp_path, size=(0, 16))
 
 
+@pytest.mark.parametrize("name,extra", list(cases()))
+def test_a_code_is_none_or_a_trainable_latent_the_image_depends_on(name, extra, tmp_path):
+    from clipstudio.generators.base import LatentCode
+
+    gen = build(name, extra, tmp_path)
+    code = gen.code()
+    assert (code is not None) == (name == "latent")  # only an autoencoder's latent is a code
+    if code is None:
+        return
+    assert isinstance(code, LatentCode) and code.space
+    assert any(code.latent is p for p in gen.parameters() if p.requires_grad)
+    gen().mean().backward()
+    assert code.latent.grad is not None and code.latent.grad.abs().sum() > 0
+
+
 def test_unknown_generator_lists_valid_names():
     with pytest.raises(ClipstudioError, match="pixels"):
         build_generator("nope", (16, 16))

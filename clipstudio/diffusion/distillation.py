@@ -46,6 +46,26 @@ def denoised_estimate(x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor, pre
     return predict_x0(x_t, out, abar)
 
 
+def signal_noise_scales(frac: torch.Tensor, prediction: str, alphas_cumprod: torch.Tensor | None,
+                        num_train_timesteps: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, sigma) with x_t = alpha x_0 + sigma noise at fractions ``frac`` of the time axis: sqrt(abar_t)
+    and sqrt(1 - abar_t) for DDPM (Ho et al. 2020, eq. 4), 1 - s and s on the flow path (Liu et al. 2022)."""
+    if prediction == "flow":
+        return 1 - frac, frac
+    abar = alphas_cumprod.to(frac.device)[(frac * (num_train_timesteps - 1)).round().long()]
+    return abar.sqrt(), (1 - abar).sqrt()
+
+
+def ddim_jump(x_t: torch.Tensor, x0_hat: torch.Tensor, scales_t: tuple[torch.Tensor, torch.Tensor],
+              scales_s: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Deterministic DDIM step from time t to s < t, x_s = alpha_s x0_hat + sigma_s eps_hat (Song et al. 2020,
+    eq. 12, eta = 0), written in (alpha, sigma) so that it serves the flow path as well."""
+    shape = (-1, *([1] * (x_t.ndim - 1)))
+    (alpha_t, sigma_t), (alpha_s, sigma_s) = [(a.view(shape), s.view(shape)) for a, s in (scales_t, scales_s)]
+    eps_hat = (x_t - alpha_t * x0_hat) / sigma_t
+    return alpha_s * x0_hat + sigma_s * eps_hat
+
+
 def score_distillation_loss(x0: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     """Per-sample 0.5 mean |x0 - sg(x0_hat)|^2, whose gradient is the SDS update (Poole et al. 2022, eq. 3)."""
     return 0.5 * (x0 - x0_hat.detach()).pow(2).flatten(1).mean(1)

@@ -19,9 +19,13 @@ A generator is an ``nn.Module`` that holds trainable latent parameters and draws
   would start it: pixels directly, latent and VQGAN generators through their encoders. Animations use it to
   move the current image (zoom, pan, rotate) and continue from the moved one. It returns False when the
   generator cannot take an image (the default), and the caller then says so rather than pretend.
+- ``code()`` (optional) returns the :class:`LatentCode` that ``forward()`` decodes, when the generator is an
+  autoencoder's latent: the trainable latent and the autoencoder's name. A loss that works in the same latent
+  space (score distillation with a latent diffusion model) reads it rather than re-encoding the image, whose
+  encoder gradient paints texture. The default returns None.
 
-The optimizer optimizes ``generator.parameters()`` that require grad, calls ``forward()``, ``post_step()`` and
-``choices()``, and nothing else. Frozen parts (decoders, codebooks) must have ``requires_grad=False``.
+The optimizer optimizes ``generator.parameters()`` that require grad, calls ``forward()``, ``post_step()``,
+``choices()`` and ``code()``, and nothing else. Frozen parts (decoders, codebooks) must have ``requires_grad=False``.
 """
 from __future__ import annotations
 
@@ -51,6 +55,15 @@ class Choice:
     cost: Callable[[int], float] = lambda option: 0.0  # added to the loss: a prior, e.g. against extra shapes
 
 
+@dataclass(frozen=True)
+class LatentCode:
+    """The latent a generator decodes its image from: ``latent`` (1, C, h, w), differentiable, in the raw
+    space of the autoencoder named ``space`` (e.g. ``taef2``)."""
+
+    latent: torch.Tensor
+    space: str
+
+
 class Generator(nn.Module):
     """Base class for generators; see the module docstring for the contract."""
 
@@ -74,6 +87,10 @@ class Generator(nn.Module):
     def choices(self) -> list[Choice]:
         """The discrete choices the studio may search; none by default."""
         return []
+
+    def code(self) -> LatentCode | None:
+        """The latent the image is decoded from, for losses in its space; None (the default) if there is none."""
+        return None
 
     def set_image(self, image: torch.Tensor) -> bool:
         """Encode ``image`` (NCHW in [0, 1], any size) into the trainable latent; False if this generator

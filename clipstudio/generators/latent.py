@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import weights
 from ..errors import ClipstudioError, missing_extra
-from .base import Generator, clamp_with_grad, resize_init
+from .base import Generator, LatentCode, clamp_with_grad, resize_init
 from .taef2 import FACTOR as TAEF2_FACTOR
 from .taef2 import load_into, load_state_dict_file, load_taef2
 
@@ -211,6 +211,7 @@ class LatentGenerator(Generator):
                  codec: LatentCodec | None = None, **options: Any):
         super().__init__(size, init_image, **options)
         self.codec = codec if codec is not None else build_codec(str(vae), vae_path, weights_dir)
+        self.space = str(vae) if codec is None else "custom"  # injected modules name no known space
         self.codec.eval().requires_grad_(False)
         factor = self.codec.factor
         grid_w, grid_h = latent_grid(self.width, self.height, factor)
@@ -241,6 +242,9 @@ class LatentGenerator(Generator):
         image = resize_init(image.to(self.latent.device), grid_w * self.codec.factor, grid_h * self.codec.factor)
         self.latent.copy_(self.codec.encode(image))
         return True
+
+    def code(self) -> LatentCode:
+        return LatentCode(self.latent, self.space)
 
     def forward(self) -> torch.Tensor:
         image = clamp_with_grad(self.codec.decode(self.latent), 0.0, 1.0)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..generators.base import LatentCode
+
 
 @dataclass
 class LossContext:
@@ -24,6 +26,7 @@ class LossContext:
     cutouts: torch.Tensor | None  # (N * cutn, 3, S, S): each image's augmented cutouts, shared by all CLIP losses
     init_image: torch.Tensor | None  # (1, 3, H, W) in [0, 1], when the run has an init image
     step: int
+    code: LatentCode | None = None  # the latent the image was decoded from, if the generator has one (N = 1)
 
 
 class Loss(nn.Module):

@@ -36,6 +36,9 @@ def _number(value, name: str, low: float, high: float) -> float:
     return number
 
 
+SPACES = ("auto", "image", "latent", "code")
+
+
 class ScoreDistillationLoss(Loss):
     """SDS toward the run's text prompts: ``0.5 mean |x - sg(x0_hat)|^2`` per image, where ``x`` is the image in
     the model's space and ``x0_hat`` the classifier-free-guided denoised estimate at a random noise level.
@@ -44,9 +47,15 @@ class ScoreDistillationLoss(Loss):
     Python, a loaded ``backend`` (:class:`~clipstudio.diffusion.backend.CFGBackend`);
     ``guidance`` (the CFG scale, default 7.5: SDS wants more than sampling does); ``t_min``, ``t_max``
     (the range of noise levels, as fractions of the training time axis, default DreamFusion's 0.02-0.98);
-    ``space``: ``image`` (default) compares the image with the decoded estimate in pixels, as HiFA's image-level
-    loss does (Zhu et al. 2023), so no gradient goes through the encoder, whose pixel gradient paints texture;
-    ``latent`` is DreamFusion's loss in the model's space.
+    ``space``: ``image`` compares the image with the decoded estimate in pixels, as HiFA's image-level loss does
+    (Zhu et al. 2023), so no gradient goes through the encoder, whose pixel gradient paints texture;
+    ``latent`` is DreamFusion's loss in the model's space, on the encoded image; ``code`` is DreamFusion's loss on
+    the generator's own latent (:meth:`~clipstudio.generators.base.Generator.code`), when it lies in the space
+    of the model's autoencoder (``encoder.latent_space``) at the model's size: no encoder at all; ``auto``
+    (default) is ``code`` where the generator's latent allows it, else ``image``;
+    ``denoise_steps`` (default 1): the target is the estimate after that many deterministic DDIM steps from the
+    noise level down to the clean image, rather than the one-step estimate, a sharper target at high noise (the
+    multi-step denoising of HiFA, Zhu et al. 2023).
     Text prompts of positive weight condition the model (several: their guided directions are mixed by weight,
     as in composable diffusion, Liu et al. 2022); negative prompts replace the empty unconditional prompt;
     image prompts do not take part.
@@ -56,13 +65,17 @@ class ScoreDistillationLoss(Loss):
     stochastic = True  # a new noise level and noise every call
 
     def __init__(self, model: str | None = None, pipeline: str | None = None, guidance: float = 7.5,
-                 t_min: float = 0.02, t_max: float = 0.98, space: str = "image", backend=None):
+                 t_min: float = 0.02, t_max: float = 0.98, space: str = "auto", denoise_steps: int = 1,
+                 backend=None):
         super().__init__()
-        if space not in ("image", "latent"):
-            raise ClipstudioError(f"sds option space must be 'image' or 'latent', got {space!r}")
+        if space not in SPACES:
+            raise ClipstudioError(f"sds option space must be one of {', '.join(SPACES)}, got {space!r}")
         self.space = space
         self.guidance = _number(guidance, "guidance", 0.0, 1e3)
         self.t_min, self.t_max = _number(t_min, "t_min", 0.0, 1.0), _number(t_max, "t_max", 0.0, 1.0)
+        self.denoise_steps = int(_number(denoise_steps, "denoise_steps", 1, 1000))
+        if self.denoise_steps != float(denoise_steps):
+            raise ClipstudioError(f"sds option denoise_steps must be a whole number, got {denoise_steps!r}")
         if self.t_min >= self.t_max:
             raise ClipstudioError(f"sds option t_min ({t_min}) must be below t_max ({t_max})")
         if backend is None:
@@ -78,6 +91,7 @@ class ScoreDistillationLoss(Loss):
         self.text_encoder = backend.text_encoder
         self.decoder = backend.decoder  # model space -> images in [-1, 1] (None: the model space is the image)
         self.prediction = backend.prediction
+        self.sample_shape = backend.sample_shape
         self.num_train_timesteps = backend.num_train_timesteps
         abar = backend.alphas_cumprod()
         self.register_buffer("alphas_cumprod", abar if abar is not None else torch.zeros(0), persistent=False)
@@ -110,20 +124,57 @@ class ScoreDistillationLoss(Loss):
         guided = uncond + self.guidance * direction
         return denoised_estimate(x_t, guided, t, self.prediction, self.alphas_cumprod, self.num_train_timesteps)
 
+    def _denoised(self, x_t: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        """The guided estimate of the clean sample of ``x_t`` (at time fractions ``frac``), after
+        ``denoise_steps`` DDIM steps down an evenly spaced ladder of noise levels."""
+        from ..diffusion.distillation import ddim_jump, signal_noise_scales
+
+        abar = self.alphas_cumprod if self.alphas_cumprod.numel() else None
+        for i in range(self.denoise_steps):
+            level = frac * (1 - i / self.denoise_steps)
+            x0_hat = self._guided_x0(x_t, self._model_time(level))
+            if i + 1 < self.denoise_steps:
+                scales = [signal_noise_scales(f, self.prediction, abar, self.num_train_timesteps)
+                          for f in (level, frac * (1 - (i + 1) / self.denoise_steps))]
+                x_t = ddim_jump(x_t, x0_hat, *scales)
+        return x0_hat
+
+    def _model_time(self, frac: torch.Tensor) -> torch.Tensor:
+        """The model's timestep at fractions ``frac`` of the training time axis (as :func:`noise_to_time`)."""
+        if self.prediction == "flow":
+            return frac * self.num_train_timesteps
+        return (frac * (self.num_train_timesteps - 1)).round().long()
+
+    def _space(self, ctx: LossContext) -> str:
+        """Where this call compares: the option, with ``auto`` resolved for this generator's latent."""
+        fits = (ctx.code is not None and ctx.code.space == getattr(self.encoder, "latent_space", None)
+                and tuple(ctx.code.latent.shape[1:]) == tuple(self.sample_shape) and ctx.image.shape[0] == 1)
+        if self.space == "code" and not fits:
+            raise ClipstudioError("sds option space=code needs a generator whose latent is in the diffusion model's "
+                                  f"autoencoder space ({getattr(self.encoder, 'latent_space', 'none')}) at its size "
+                                  f"{tuple(self.sample_shape)}; use space=image")
+        if self.space == "auto":
+            return "code" if fits else "image"
+        return self.space
+
     def forward(self, ctx: LossContext) -> torch.Tensor:
         from ..diffusion.distillation import noise_to_time, score_distillation_loss
 
         if self.cond.numel() == 0:
             raise ClipstudioError("the sds loss has no prompt (set_prompts was not called)")
-        in_image = self.space == "image"
-        with torch.set_grad_enabled(not in_image and torch.is_grad_enabled()):
-            x0 = self.encoder(ctx.image)
+        space = self._space(ctx)
+        in_image = space == "image"
+        if space == "code":
+            x0 = self.encoder.from_latent(ctx.code.latent)
+        else:
+            with torch.set_grad_enabled(not in_image and torch.is_grad_enabled()):
+                x0 = self.encoder(ctx.image)
         frac = torch.empty(x0.shape[0], device=x0.device).uniform_(self.t_min, self.t_max)
         noise = torch.randn_like(x0)
         with torch.no_grad():
             abar = self.alphas_cumprod if self.alphas_cumprod.numel() else None
-            x_t, t = noise_to_time(x0.detach(), noise, frac, self.prediction, abar, self.num_train_timesteps)
-            x0_hat = self._guided_x0(x_t, t)
+            x_t, _ = noise_to_time(x0.detach(), noise, frac, self.prediction, abar, self.num_train_timesteps)
+            x0_hat = self._denoised(x_t, frac)
             if in_image:
                 target = (self.decoder(x0_hat) if self.decoder is not None else x0_hat).float().add(1).div(2)
         if not in_image:

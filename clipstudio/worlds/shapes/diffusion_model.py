@@ -135,8 +135,14 @@ class LatentEncoder(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(space["latent_mean"])[:, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(space["latent_std"])[:, None, None], persistent=False)
 
+    latent_space = "taef2"  # the latent generator's codes in this space map in without the encoder
+
+    def from_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """A raw TAEF2 latent -> the UNet's space (the normalization alone), differentiably."""
+        return (latent - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.encoder(fit_output(images, self.size, self.size)) - self.mean) / self.std
+        return self.from_latent(self.encoder(fit_output(images, self.size, self.size)))
 
 
 class PixelEncoder(torch.nn.Module):
