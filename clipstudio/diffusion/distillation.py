@@ -22,15 +22,23 @@ def x0_from_velocity(x_s: torch.Tensor, v: torch.Tensor, s: torch.Tensor) -> tor
     return x_s - s * v
 
 
+def model_time(frac: torch.Tensor, prediction: str, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """The model's time input at fractions ``frac`` of the training axis: a continuous flow time, or the nearest
+    integer DDPM timestep (Ho et al. 2020)."""
+    if prediction == "flow":
+        return frac * num_train_timesteps
+    return (frac * (num_train_timesteps - 1)).round().long()
+
+
 def noise_to_time(x0: torch.Tensor, noise: torch.Tensor, frac: torch.Tensor, prediction: str,
                   alphas_cumprod: torch.Tensor | None, num_train_timesteps: int = 1000
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, model timesteps) of ``x0`` noised to fractions ``frac`` in (0, 1) of the training time axis: the
     DDPM forward process (Ho et al. 2020, eq. 4) or the flow path (Liu et al. 2022)."""
+    t = model_time(frac, prediction, num_train_timesteps)
     if prediction == "flow":
         s = frac.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
-        return (1 - s) * x0 + s * noise, frac * num_train_timesteps
-    t = (frac * (num_train_timesteps - 1)).round().long()
+        return (1 - s) * x0 + s * noise, t
     return q_sample(x0, t, noise, alphas_cumprod), t
 
 
@@ -52,7 +60,7 @@ def signal_noise_scales(frac: torch.Tensor, prediction: str, alphas_cumprod: tor
     and sqrt(1 - abar_t) for DDPM (Ho et al. 2020, eq. 4), 1 - s and s on the flow path (Liu et al. 2022)."""
     if prediction == "flow":
         return 1 - frac, frac
-    abar = alphas_cumprod.to(frac.device)[(frac * (num_train_timesteps - 1)).round().long()]
+    abar = alphas_cumprod.to(frac.device)[model_time(frac, prediction, num_train_timesteps)]
     return abar.sqrt(), (1 - abar).sqrt()
 
 

@@ -127,23 +127,17 @@ class ScoreDistillationLoss(Loss):
     def _denoised(self, x_t: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
         """The guided estimate of the clean sample of ``x_t`` (at time fractions ``frac``), after
         ``denoise_steps`` DDIM steps down an evenly spaced ladder of noise levels."""
-        from ..diffusion.distillation import ddim_jump, signal_noise_scales
+        from ..diffusion.distillation import ddim_jump, model_time, signal_noise_scales
 
         abar = self.alphas_cumprod if self.alphas_cumprod.numel() else None
         for i in range(self.denoise_steps):
             level = frac * (1 - i / self.denoise_steps)
-            x0_hat = self._guided_x0(x_t, self._model_time(level))
+            x0_hat = self._guided_x0(x_t, model_time(level, self.prediction, self.num_train_timesteps))
             if i + 1 < self.denoise_steps:
                 scales = [signal_noise_scales(f, self.prediction, abar, self.num_train_timesteps)
                           for f in (level, frac * (1 - (i + 1) / self.denoise_steps))]
                 x_t = ddim_jump(x_t, x0_hat, *scales)
         return x0_hat
-
-    def _model_time(self, frac: torch.Tensor) -> torch.Tensor:
-        """The model's timestep at fractions ``frac`` of the training time axis (as :func:`noise_to_time`)."""
-        if self.prediction == "flow":
-            return frac * self.num_train_timesteps
-        return (frac * (self.num_train_timesteps - 1)).round().long()
 
     def _space(self, ctx: LossContext) -> str:
         """Where this call compares: the option, with ``auto`` resolved for this generator's latent."""
