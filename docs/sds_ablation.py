@@ -6,7 +6,7 @@
 ``pixels`` and ``latent`` optimize that generator against the ``sds`` loss only (Adam; pixels by image-space SDS,
 the TAEF2 latent generator on its own latent, as the loss's default ``space: auto`` does in a run);
 ``direct`` optimizes the diffusion model's own normalized latents with DreamFusion's latent-space loss.
-``--parametrization rgb`` gives the pixels generator the recipe's plain RGB pixels. Each image is judged by the
+``--denoise-steps K`` sets the loss's multi-step target. ``--parametrization rgb`` gives the pixels generator the recipe's plain RGB pixels. Each image is judged by the
 world's colour-and-geometry check.
 """
 import argparse
@@ -61,10 +61,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--parametrization", choices=("fourier", "rgb"), default="fourier")
+    parser.add_argument("--denoise-steps", type=int, default=1, help="the sds option denoise_steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     space = "latent" if args.generator == "direct" else "auto"
-    sds = build_loss("sds", parse_prompts("x"), model="shapes-diffusion", guidance=args.guidance, space=space)
+    sds = build_loss("sds", parse_prompts("x"), model="shapes-diffusion", guidance=args.guidance, space=space,
+                     denoise_steps=args.denoise_steps)
     passed, start = 0, time.perf_counter()
     prompts = prompt_set(args.n, args.prompt_seed)
     for index, prompt in enumerate(prompts):

@@ -124,12 +124,16 @@ class ScoreDistillationLoss(Loss):
         guided = uncond + self.guidance * direction
         return denoised_estimate(x_t, guided, t, self.prediction, self.alphas_cumprod, self.num_train_timesteps)
 
+    def _schedule(self) -> torch.Tensor | None:
+        """The training schedule's cumulative alphas (DDPM-family models), None for flow models."""
+        return self.alphas_cumprod if self.alphas_cumprod.numel() else None
+
     def _denoised(self, x_t: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
         """The guided estimate of the clean sample of ``x_t`` (at time fractions ``frac``), after
         ``denoise_steps`` DDIM steps down an evenly spaced ladder of noise levels."""
         from ..diffusion.distillation import ddim_jump, model_time, signal_noise_scales
 
-        abar = self.alphas_cumprod if self.alphas_cumprod.numel() else None
+        abar = self._schedule()
         for i in range(self.denoise_steps):
             level = frac * (1 - i / self.denoise_steps)
             x0_hat = self._guided_x0(x_t, model_time(level, self.prediction, self.num_train_timesteps))
@@ -166,7 +170,7 @@ class ScoreDistillationLoss(Loss):
         frac = torch.empty(x0.shape[0], device=x0.device).uniform_(self.t_min, self.t_max)
         noise = torch.randn_like(x0)
         with torch.no_grad():
-            abar = self.alphas_cumprod if self.alphas_cumprod.numel() else None
+            abar = self._schedule()
             x_t, _ = noise_to_time(x0.detach(), noise, frac, self.prediction, abar, self.num_train_timesteps)
             x0_hat = self._denoised(x_t, frac)
             if in_image:
