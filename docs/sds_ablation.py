@@ -6,8 +6,8 @@
 ``pixels`` and ``latent`` optimize that generator against the ``sds`` loss only (Adam; pixels by image-space SDS,
 the TAEF2 latent generator on its own latent, as the loss's default ``space: auto`` does in a run);
 ``direct`` optimizes the diffusion model's own normalized latents with DreamFusion's latent-space loss.
-``--denoise-steps K`` sets the loss's multi-step target. ``--parametrization rgb`` gives the pixels generator the recipe's plain RGB pixels. Each image is judged by the
-world's colour-and-geometry check.
+``--denoise-steps K`` sets the loss's multi-step target. ``--parametrization rgb`` gives the pixels generator
+the recipe's plain RGB pixels. Each image is judged by the world's colour-and-geometry check.
 """
 import argparse
 import time
