@@ -108,3 +108,26 @@ def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], column
         sheet.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
         draw.multiline_text((x + 3, y + cell + 2), caption, fill="black", spacing=2)
     return sheet
+
+
+# --------------------------------------------------------------------------- how well a score picks
+
+def best_of_k_rate(passed: torch.Tensor, scores: torch.Tensor, k: int) -> float:
+    """Fraction of rows whose best-scored candidate among the first ``k`` passes (best-of-N selection;
+    ``passed`` and ``scores`` are (prompts, candidates); ties go to the earlier candidate)."""
+    best = scores[:, :k].argmax(dim=1)
+    return float(passed[torch.arange(len(passed)), best].float().mean())
+
+
+def within_prompt_auc(passed: torch.Tensor, scores: torch.Tensor) -> float | None:
+    """Probability that a passing candidate outscores a failing one of the same prompt (ties count half): the
+    ROC AUC pooled over prompts with both kinds, None where no prompt has both. 0.5 is a score blind to what
+    the check sees, 1.0 one that always picks a passing candidate when there is one."""
+    wins = pairs = 0.0
+    for ok, s in zip(passed.bool(), scores.float()):
+        good, bad = s[ok], s[~ok]
+        if len(good) and len(bad):
+            diff = good[:, None] - bad[None, :]
+            wins += float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+            pairs += len(good) * len(bad)
+    return wins / pairs if pairs else None

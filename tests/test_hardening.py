@@ -389,3 +389,23 @@ def test_read_only_home_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Path, "mkdir", read_only)
     line = assert_one_line(["weights", "taef2.encoder"], capsys, "Permission denied")
     assert str(home) in line
+
+
+@pytest.mark.parametrize("value,kwargs,message", [
+    ("lots", {}, "x must be a number, got 'lots'"),
+    ("inf", {}, "x must be finite, got 'inf'"),
+    ("nan", {}, "x must be finite, got 'nan'"),
+    (1e400, {"cast": int}, "x must be a number"),         # OverflowError, not a traceback
+    ("1.5", {"cast": int}, "x must be a number"),
+    (2, {"low": 0, "high": 1}, "x must be in [0, 1], got 2"),
+])
+def test_option_number_refuses_in_one_line(value, kwargs, message):
+    from clipstudio.errors import ClipstudioError, option_number
+    with pytest.raises(ClipstudioError) as info:
+        option_number(value, "x", **kwargs)
+    assert str(info.value) == message or message in str(info.value)
+
+
+def test_option_number_reads_strings_and_numbers():
+    from clipstudio.errors import option_number
+    assert option_number("0.25", "x") == 0.25 and option_number(3, "x", cast=int, low=1, high=3) == 3

@@ -61,3 +61,39 @@ def test_generate_with_candidates_returns_the_best_run_with_its_own_settings(tin
     assert best.settings.candidates == 1 and best.settings.seed in {0, 1, 2}
     again = clipstudio.generate("a red circle", **{**tiny_options, "seed": best.settings.seed})
     assert list(again.image.getdata()) == list(best.image.getdata())
+
+
+# --------------------------------------------------------------------------- how well a score picks
+
+PASSED = torch.tensor([[1, 0, 0, 1], [0, 0, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+
+
+def test_a_score_that_knows_the_check_picks_as_well_as_any_of_n():
+    from clipstudio.ranking import best_of_k_rate, within_prompt_auc
+    perfect = PASSED.float() + torch.rand(PASSED.shape, generator=torch.Generator().manual_seed(0)) * 0.5
+    assert within_prompt_auc(PASSED, perfect) == 1.0
+    for k in (1, 2, 4):
+        assert best_of_k_rate(PASSED, perfect, k) == PASSED[:, :k].any(dim=1).float().mean().item()
+
+
+def test_a_reversed_score_picks_a_pass_only_where_every_candidate_passes():
+    from clipstudio.ranking import best_of_k_rate, within_prompt_auc
+    reversed_ = -PASSED.float()
+    assert within_prompt_auc(PASSED, reversed_) == 0.0
+    assert best_of_k_rate(PASSED, reversed_, 4) == 0.25          # only the row that passes everywhere
+
+
+def test_a_blind_score_takes_the_first_candidate_and_scores_half():
+    from clipstudio.ranking import best_of_k_rate, within_prompt_auc
+    blind = torch.zeros(PASSED.shape)
+    assert within_prompt_auc(PASSED, blind) == 0.5
+    assert best_of_k_rate(PASSED, blind, 4) == PASSED[:, 0].float().mean().item()
+
+
+def test_auc_counts_pairs_within_a_prompt_only():
+    from clipstudio.ranking import within_prompt_auc
+    # Across prompts the failing candidate of row 1 outscores the passing one of row 0; within them it does not.
+    passed = torch.tensor([[1, 0], [1, 0]])
+    scores = torch.tensor([[0.2, 0.1], [0.9, 0.8]])
+    assert within_prompt_auc(passed, scores) == 1.0
+    assert within_prompt_auc(torch.tensor([[1, 1], [0, 0]]), scores) is None

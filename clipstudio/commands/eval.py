@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-WHATS = ('clip', 'generate', 'diffusion', 'robust')
+WHATS = ('clip', 'generate', 'diffusion', 'robust', 'ranking')
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -225,27 +225,31 @@ def bind_cond(model_fn: Callable, cond: torch.Tensor) -> ModelFn:
 
 # --------------------------------------------------------------------------- samplers (one signature)
 
-def sample_ddpm(model_fn: ModelFn, x: torch.Tensor, steps: int, schedule: DiffusionSchedule, *,
-                generator: Optional[torch.Generator] = None, trajectory: Optional[list] = None,
-                noise_scale: float = 1.0) -> torch.Tensor:
-    """Ancestral DDPM sampling (Ho et al. 2020, alg. 2), strided to `steps`; noise_scale=0 drops the noise."""
-    _need(schedule, DiffusionSchedule, "ddpm")
+def _strided_sampling(model_fn: ModelFn, x: torch.Tensor, steps: int, schedule: DiffusionSchedule,
+                      step: Callable, trajectory: Optional[list]) -> torch.Tensor:
+    """The loop DDPM and DDIM share: ``step(x, eps, abar_t, abar_prev)`` between the strided timesteps, and the
+    clean estimate from the last one."""
     abar = schedule.alphas_cumprod.to(x.device)
     ts = spaced_timesteps(schedule.num_train_timesteps, steps)
     _record(trajectory, x)
     for i, t in enumerate(ts):
         eps = model_fn(x, _t_batch(t, x))
         a_t = abar[t].to(x.dtype)
-        if i + 1 < len(ts):
-            a_prev = abar[ts[i + 1]].to(x.dtype)
-            noise = None
-            if noise_scale > 0:
-                noise = noise_scale * _randn_like(x, generator)
-            x = ddpm_step(x, eps, a_t, a_prev, noise)
-        else:
-            x = predict_x0(x, eps, a_t)
+        x = step(x, eps, a_t, abar[ts[i + 1]].to(x.dtype)) if i + 1 < len(ts) else predict_x0(x, eps, a_t)
         _record(trajectory, x)
     return x
+
+
+def sample_ddpm(model_fn: ModelFn, x: torch.Tensor, steps: int, schedule: DiffusionSchedule, *,
+                generator: Optional[torch.Generator] = None, trajectory: Optional[list] = None,
+                noise_scale: float = 1.0) -> torch.Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, alg. 2), strided to `steps`; noise_scale=0 drops the noise."""
+    _need(schedule, DiffusionSchedule, "ddpm")
+
+    def step(x, eps, a_t, a_prev):
+        noise = noise_scale * _randn_like(x, generator) if noise_scale > 0 else None
+        return ddpm_step(x, eps, a_t, a_prev, noise)
+    return _strided_sampling(model_fn, x, steps, schedule, step, trajectory)
 
 
 def sample_ddim(model_fn: ModelFn, x: torch.Tensor, steps: int, schedule: DiffusionSchedule, *,
@@ -255,20 +259,10 @@ def sample_ddim(model_fn: ModelFn, x: torch.Tensor, steps: int, schedule: Diffus
     _need(schedule, DiffusionSchedule, "ddim")
     if eta < 0:
         raise ClipstudioError(f"ddim eta must be >= 0, got {eta}")
-    abar = schedule.alphas_cumprod.to(x.device)
-    ts = spaced_timesteps(schedule.num_train_timesteps, steps)
-    _record(trajectory, x)
-    for i, t in enumerate(ts):
-        eps = model_fn(x, _t_batch(t, x))
-        a_t = abar[t].to(x.dtype)
-        if i + 1 < len(ts):
-            a_prev = abar[ts[i + 1]].to(x.dtype)
-            noise = _randn_like(x, generator) if eta > 0 else None
-            x = ddim_step(x, eps, a_t, a_prev, eta, noise)
-        else:
-            x = predict_x0(x, eps, a_t)
-        _record(trajectory, x)
-    return x
+
+    def step(x, eps, a_t, a_prev):
+        return ddim_step(x, eps, a_t, a_prev, eta, _randn_like(x, generator) if eta > 0 else None)
+    return _strided_sampling(model_fn, x, steps, schedule, step, trajectory)
 
 
 def sample_euler(model_fn: ModelFn, x: torch.Tensor, steps: int, schedule: DiffusionSchedule, *,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import weights
-from ..errors import ClipstudioError, missing_extra
+from ..errors import ClipstudioError, missing_extra, option_number
 from .base import Generator, LatentCode, clamp_with_grad, resize_init
 from .taef2 import FACTOR as TAEF2_FACTOR
 from .taef2 import load_into, load_state_dict_file, load_taef2
@@ -191,13 +191,6 @@ def latent_statistics(codec: LatentCodec, size: int = 64) -> tuple[torch.Tensor,
     return latent.mean(dim=(0, 2, 3), keepdim=True), latent.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-3)
 
 
-def _parse_float(value: float | str, name: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ClipstudioError(f"option {name} must be a number, got {value!r}") from None
-
-
 class LatentGenerator(Generator):
     """Latents of a diffusion autoencoder, decoded to the image.
 
@@ -220,7 +213,7 @@ class LatentGenerator(Generator):
                 latent = self.codec.encode(resize_init(init_image, grid_w * factor, grid_h * factor))
             else:
                 mean, std = latent_statistics(self.codec)
-                scale = _parse_float(init_scale, "init_scale")
+                scale = option_number(init_scale, "latent option init_scale")
                 latent = mean + scale * std * torch.randn(1, self.codec.latent_channels, grid_h, grid_w)
         self.latent = nn.Parameter(latent.detach().clone())
 

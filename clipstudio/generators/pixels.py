@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ClipstudioError
+from ..errors import ClipstudioError, option_number
 from .base import Generator, clamp_with_grad, resize_init
 from .primitives import parse_palette, straight_through_choice
 
@@ -34,13 +34,6 @@ def spectrum_scale(height: int, width: int, decay: float) -> torch.Tensor:
     return freqs.pow(-decay)
 
 
-def _number(value: float | str, name: str, cast=float):
-    try:
-        return cast(value)
-    except (TypeError, ValueError):
-        raise ClipstudioError(f"pixels option {name} must be a number, got {value!r}") from None
-
-
 def _flag(value: bool | str, name: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -61,8 +54,9 @@ class PixelGenerator(Generator):
                  parametrization: str = "fourier", decay: float | str = 1.0, init_noise: float | str = 0.01,
                  downscale: int | str = 1, palette: str = "none", hard: bool | str = False, **options):
         super().__init__(size, init_image, **options)
-        decay, init_noise, downscale = _number(decay, "decay"), _number(init_noise, "init_noise"), _number(
-            downscale, "downscale", int)
+        decay = option_number(decay, "pixels option decay")
+        init_noise = option_number(init_noise, "pixels option init_noise")
+        downscale = option_number(downscale, "pixels option downscale", cast=int)
         if parametrization not in PARAMETRIZATIONS:
             raise ClipstudioError(
                 f"unknown pixels parametrization '{parametrization}'; choose one of: {', '.join(PARAMETRIZATIONS)}"

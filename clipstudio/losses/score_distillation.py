@@ -6,11 +6,10 @@ the image on the model's manifold, where CLIP's own gradient alone paints advers
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
-from ..errors import ClipstudioError
+from ..errors import ClipstudioError, option_number
 from ..guide.prompts import Prompt
 from .base import Loss, LossContext
 
@@ -24,16 +23,6 @@ def load_prior_backend(model: str | None, pipeline: str | None):
         raise ClipstudioError("the sds loss needs one diffusion model: loss option model=NAME (an embedded "
                               "model, see 'clipstudio models') or pipeline=DIR")
     return load_sd_pipeline(pipeline, device="cpu") if pipeline else load_embedded_backend(model, device="cpu")
-
-
-def _number(value, name: str, low: float, high: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ClipstudioError(f"sds option {name} must be a number, got {value!r}") from None
-    if not (math.isfinite(number) and low <= number <= high):
-        raise ClipstudioError(f"sds option {name} must be in [{low:g}, {high:g}], got {value!r}")
-    return number
 
 
 SPACES = ("auto", "image", "latent", "code")
@@ -71,9 +60,10 @@ class ScoreDistillationLoss(Loss):
         if space not in SPACES:
             raise ClipstudioError(f"sds option space must be one of {', '.join(SPACES)}, got {space!r}")
         self.space = space
-        self.guidance = _number(guidance, "guidance", 0.0, 1e3)
-        self.t_min, self.t_max = _number(t_min, "t_min", 0.0, 1.0), _number(t_max, "t_max", 0.0, 1.0)
-        self.denoise_steps = int(_number(denoise_steps, "denoise_steps", 1, 1000))
+        self.guidance = option_number(guidance, "sds option guidance", low=0.0, high=1e3)
+        self.t_min = option_number(t_min, "sds option t_min", low=0.0, high=1.0)
+        self.t_max = option_number(t_max, "sds option t_max", low=0.0, high=1.0)
+        self.denoise_steps = int(option_number(denoise_steps, "sds option denoise_steps", low=1, high=1000))
         if self.denoise_steps != float(denoise_steps):
             raise ClipstudioError(f"sds option denoise_steps must be a whole number, got {denoise_steps!r}")
         if self.t_min >= self.t_max:

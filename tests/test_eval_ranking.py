@@ -1,0 +1,35 @@
+"""``clipstudio eval ranking`` on the embedded shapes models: the report's schema and its invariants."""
+import json
+
+import pytest
+
+from clipstudio.cli import main
+
+
+def test_ranking_report_with_the_checker_as_a_ranker_reaches_any_of_n(tmp_path, capsys):
+    figures = tmp_path / "ranking.json"
+    code = main(["eval", "ranking", "--prompts", "3", "--candidates", "3", "--steps", "3", "--guidance", "3",
+                 "--rankers", "check,shapes-guide-contrast", "--threads", "1", "--json", str(figures)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "any of N (ceiling)" in out and "shapes-guide-contrast" in out
+    report = json.loads(figures.read_text())
+    assert report["prompts"] == 3 and report["candidates"] == 3 and report["diffuse"] == {"steps": 3, "guidance": 3.0}
+    assert list(report["any_of_n"]) == ["1", "2", "3"]
+    # The checker picks a passing candidate whenever there is one: it is the ceiling's own ranker.
+    assert report["best_of_n"]["check"] == report["any_of_n"]
+    for n, ceiling in report["any_of_n"].items():
+        assert report["best_of_n"]["shapes-guide-contrast"][n] <= ceiling
+    assert report["candidate_pass_rate"] <= report["any_of_n"]["3"]
+    assert report["auc"]["check"] in (None, 1.0)
+
+
+@pytest.mark.parametrize("argv,message", [(["--candidates", "0"], "--candidates and --prompts must be 1 or more"),
+                                          (["--rankers", " , "], "--rankers needs at least one name"),
+                                          (["--backend", "generate", "--guidance", "3"], "apply to --backend diffuse"),
+                                          (["--guidance", "inf"], "--guidance must be a finite"),
+                                          (["--rankers", "no-such-clip", "--prompts", "1"], "no-such-clip")])
+def test_eval_ranking_bad_input_is_one_line(argv, message, capsys):
+    assert main(["eval", "ranking", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
