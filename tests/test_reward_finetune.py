@@ -280,6 +280,42 @@ def test_diversity_measures():
 
 # --------------------------------------------------------------------------- the command
 
+def test_update_ema_is_a_polyak_average():
+    ema, params = {"w": torch.zeros(3)}, {"w": torch.ones(3)}
+    TR.update_ema(ema, params, 0.75)
+    assert torch.allclose(ema["w"], torch.full((3,), 0.25))
+    TR.update_ema(ema, params, 0.75)
+    assert torch.allclose(ema["w"], torch.full((3,), 1 - 0.75 ** 2))
+
+
+def test_ema_ships_the_average_and_resumes_exactly(tmp_path, tiny_ckpt, toy_rewards):
+    """With --ema-decay the shipped UNet is the average (between the start and the trained weights, nearer the
+    start), the trained weights stay in the state, and a cut-and-resumed run ends bit for bit where an uncut one
+    does, its average included."""
+    from clipstudio.checkpoints import load_checkpoint
+    common = dict(method="raft", reward="red", rwr_samples=2, train_prompts=6, batch=6, lr=3e-3, steps=6,
+                  eval_every=6, p_uncond=0.0, ema_decay=0.9)
+    straight = config(tmp_path, tiny_ckpt, out=str(tmp_path / "s.pt"), **common)
+    quiet(straight)
+    cut = config(tmp_path, tiny_ckpt, out=str(tmp_path / "c.pt"), stop_after=3, **common)
+    quiet(cut)
+    cut.stop_after, cut.resume = None, True
+    assert quiet(cut)["step"] == 6
+    a, b = load_checkpoint(straight.state_path), load_checkpoint(cut.state_path)
+    for k in a["trainable"]:
+        assert torch.equal(a["trainable"][k], b["trainable"][k]) and torch.equal(a["ema"][k], b["ema"][k]), k
+    start, shipped = load_checkpoint(tiny_ckpt)["unet"], load_checkpoint(straight.out)["unet"]
+    moved = [k for k in a["trainable"] if not torch.equal(a["trainable"][k], start[k].float())]
+    assert moved
+    for k in moved:
+        assert torch.equal(shipped[k], a["ema"][k].half()), k
+        assert (shipped[k].float() - start[k].float()).norm() < (a["trainable"][k] - start[k].float()).norm(), k
+    no_ema = config(tmp_path, tiny_ckpt, out=str(tmp_path / "n.pt"), **{**common, "ema_decay": 0.0})
+    quiet(no_ema)
+    assert load_checkpoint(no_ema.state_path)["ema"] is None
+    assert all(torch.equal(load_checkpoint(no_ema.out)["unet"][k], a["trainable"][k].half()) for k in moved)
+
+
 def train_cli(argv):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -300,6 +336,7 @@ def train_cli(argv):
     (["--anchor", "inf"], "--anchor must be a finite number"),
     (["--method", "raft", "--p-uncond", "1"], "--p-uncond must be below 1"),
     (["--raft-guidance", "-2"], "--raft-guidance must be a finite number >= 0"),
+    (["--ema-decay", "1"], "--ema-decay must be below 1"),
     (["--model", "no-such-model"], "unknown embedded model 'no-such-model'"),
     (["--checkpoint", "/no/such.pt"], "no diffusion checkpoint at /no/such.pt"),
     (["--model", "shapes-flow", "--steps", "1"], "is a flow-matching model; reward fine-tuning needs"),

@@ -26,6 +26,8 @@ HELPS = {
     "rwr_samples": "images per prompt for --method rwr and raft",
     "raft_guidance": "CFG weight of --method raft's samples",
     "p_uncond": "--method raft: probability of training a sample with the empty caption (keeps CFG's unconditional half)",
+    "ema_decay": "0: ship the trained weights; else an average of them with this decay per step, started at "
+                 "the starting weights (it evens out the step-to-step noise of fine-tuning)",
     "rwr_beta": "RWR temperature: weights exp(reward / beta) within a prompt's samples",
     "train_prompts": "size of the training prompt set (prompt_set seed 2026, evaluation prompts removed)",
     "eval_every": "measure the held-out curve every this many steps",

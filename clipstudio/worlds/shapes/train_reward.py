@@ -18,6 +18,7 @@ sets (seed 1234: ``eval diffusion`` pass rate; 99: its guidance sweep; 7: ``comp
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -75,6 +76,7 @@ class RewardTrainConfig:
     rwr_beta: float = 0.05
     raft_guidance: float = 3.0
     p_uncond: float = 0.15
+    ema_decay: float = 0.0
     train_prompts: int = 2000
     eval_every: int = 50
     curve_prompts: int = 24
@@ -119,6 +121,8 @@ class RewardTrainConfig:
         _finite(self.raft_guidance, "--raft-guidance", 0)
         if not 0 <= _finite(self.p_uncond, "--p-uncond", 0) < 1:
             raise ClipstudioError(f"--p-uncond must be below 1, got {self.p_uncond}")
+        if not 0 <= _finite(self.ema_decay, "--ema-decay", 0) < 1:
+            raise ClipstudioError(f"--ema-decay must be below 1, got {self.ema_decay}")
         _finite(self.curve_guidance, "--curve-guidance", 0)
         if not (math.isfinite(self.rwr_beta) and self.rwr_beta > 0):
             raise ClipstudioError(f"--rwr-beta must be a positive number, got {self.rwr_beta}")
@@ -599,9 +603,28 @@ class _Run:
     curve: list = field(default_factory=list)          # per curve point: step and the held-out figures
     best: Optional[dict] = None
     data: Optional[dict] = None                        # --method raft: the best-of-n dataset
+    ema: Optional[dict] = None                         # --ema-decay: the average of the trainable weights
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.parts.unet.named_parameters() if p.requires_grad}
+
+    @contextlib.contextmanager
+    def shipped_weights(self):
+        """The weights that ship, in place for the block: the EMA where there is one, else the trained ones."""
+        if self.ema is None:
+            yield
+            return
+        params = self.trainable()
+        trained = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.ema[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(trained[n])
 
 
 def _start_run(config: RewardTrainConfig) -> _Run:
@@ -623,6 +646,8 @@ def _start_run(config: RewardTrainConfig) -> _Run:
     reward_fn = guide_fn if config.reward == "shapes-guide" else REWARDS[config.reward].make()
     run = _Run(config, parts, base, weights.file_sha256(base), start, opt, reward_fn, guide_fn,
                train_prompts, curve_prompts)
+    if config.ema_decay:                               # starts at the starting weights: no warm-up
+        run.ema = {n: p.detach().clone() for n, p in run.trainable().items()}
     if config.method == "raft":                        # sampled from the starting weights, before any resume
         parts.unet.eval()
         run.data = raft_dataset(parts, config, reward_fn, train_prompts)
@@ -637,13 +662,14 @@ def _start_run(config: RewardTrainConfig) -> _Run:
 
 
 RESUME_KEYS = ("method", "reward", "seed", "batch", "lora_rank", "guidance", "sample_steps", "grad_steps",
-               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond")
+               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond", "ema_decay")
+RESUME_DEFAULTS = {"ema_decay": 0.0}                   # keys a state of an older version lacks
 
 
 def _restore(run: _Run, st: dict) -> None:
     """Put a saved state back into the run; refuse a state of another base model or another data stream."""
     saved = st["config"]
-    changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(run.config, k)]
+    changed = [k for k in RESUME_KEYS if saved.get(k, RESUME_DEFAULTS.get(k)) != getattr(run.config, k)]
     if changed or st["base_sha256"] != run.base_sha256:
         what = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed) or "another base model"
         raise ClipstudioError(f"--resume: {run.config.state_path} was trained with {what}")
@@ -655,6 +681,8 @@ def _restore(run: _Run, st: dict) -> None:
         for n, p in params.items():
             p.copy_(st["trainable"][n])
     run.opt.load_state_dict(st["opt"])
+    if run.ema is not None:
+        run.ema = {n: v.clone() for n, v in st["ema"].items()}
     run.step, run.elapsed = st["step"], st.get("elapsed", 0.0)
     run.history, run.curve, run.best = st.get("history", []), st.get("curve", []), st.get("best")
 
@@ -664,7 +692,8 @@ def shippable(run: _Run) -> dict:
     import copy
 
     from clipstudio.diffusion.reward import merge_lora
-    unet = merge_lora(copy.deepcopy(run.parts.unet))
+    with run.shipped_weights():
+        unet = merge_lora(copy.deepcopy(run.parts.unet))
     shipped = {k: v for k, v in run.parts.checkpoint.items() if k != "unet"}
     shipped["unet"] = {k: v.detach().half() for k, v in unet.state_dict().items()}
     shipped["step"] = run.step
@@ -696,7 +725,7 @@ def _save(run: _Run, command: Optional[str]) -> None:
     config = run.config
     atomic_torch_save({"config": dataclasses.asdict(config),
                        "trainable": {n: p.detach().clone() for n, p in run.trainable().items()},
-                       "opt": run.opt.state_dict(), "step": run.step, "elapsed": run.elapsed,
+                       "opt": run.opt.state_dict(), "ema": run.ema, "step": run.step, "elapsed": run.elapsed,
                        "history": run.history, "curve": run.curve, "best": run.best,
                        "base_sha256": run.base_sha256}, config.state_path)
     atomic_torch_save(shippable(run), config.out)
@@ -710,7 +739,8 @@ def _measure_curve(run: _Run, command: Optional[str], log: Callable[[str], None]
     """Add a curve point at the current step; keep the best one (pass rate, then guide reward) as OUT.best.pt."""
     from clipstudio.images import atomic_torch_save
     run.parts.unet.eval()
-    point = {"step": run.step, **curve_point(run.parts, run.config, run.curve_prompts, run.guide_fn)}
+    with run.shipped_weights():
+        point = {"step": run.step, **curve_point(run.parts, run.config, run.curve_prompts, run.guide_fn)}
     run.parts.unet.train()
     run.curve.append(point)
     log(f"curve at step {run.step}: guide {point['guide_reward']:.4f}, eval {point['eval_score']:.4f}, "
@@ -736,8 +766,18 @@ def _train_step(run: _Run) -> dict:
     total.backward()
     torch.nn.utils.clip_grad_norm_([p for p in run.parts.unet.parameters() if p.requires_grad], 1.0)
     run.opt.step()
+    if run.ema is not None:
+        update_ema(run.ema, run.trainable(), config.ema_decay)
     return {"step": run.step, "reward": float(rewards.mean()), "loss": float(loss.detach()),
             "anchor": float(anchor.detach()), "guidance": guidance}
+
+
+@torch.no_grad()
+def update_ema(ema: dict[str, torch.Tensor], params: dict[str, torch.Tensor], decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * params, in place: the shipped weights average out the step-to-step
+    noise of fine-tuning (Polyak averaging, as diffusion training ships an EMA)."""
+    for n, p in params.items():
+        ema[n].lerp_(p.detach(), 1 - decay)
 
 
 def train(config: RewardTrainConfig, *, progress: bool = True, command: Optional[str] = None,
