@@ -6,7 +6,6 @@ the image on the model's manifold, where CLIP's own gradient alone paints advers
 """
 from __future__ import annotations
 
-
 import torch
 
 from ..errors import ClipstudioError, option_number
