@@ -33,3 +33,11 @@ def test_eval_ranking_bad_input_is_one_line(argv, message, capsys):
     assert main(["eval", "ranking", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_ranking_of_guided_generation_seeds(capsys):
+    """--backend generate ranks seeds of the world's default recipe (two candidates of one prompt)."""
+    assert main(["eval", "ranking", "--backend", "generate", "--prompts", "1", "--candidates", "2",
+                 "--rankers", "shapes-guide", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 prompts x 2 candidates from guided generation" in out and "shapes-guide" in out
