@@ -28,11 +28,24 @@ def test_ranking_report_with_the_checker_as_a_ranker_reaches_any_of_n(tmp_path, 
                                           (["--rankers", " , "], "--rankers needs at least one name"),
                                           (["--backend", "generate", "--guidance", "3"], "apply to --backend diffuse"),
                                           (["--guidance", "inf"], "--guidance must be a finite"),
-                                          (["--rankers", "no-such-clip", "--prompts", "1"], "no-such-clip")])
+                                          (["--rankers", "no-such-clip", "--prompts", "1"], "no-such-clip"),
+                                          (["--checkpoint", "/no/such.pt"], "missing diffusion checkpoint"),
+                                          (["--backend", "generate", "--checkpoint", "x.pt"], "apply to --backend")])
 def test_eval_ranking_bad_input_is_one_line(argv, message, capsys):
     assert main(["eval", "ranking", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_ranking_of_a_checkpoint_file(tmp_path, capsys):
+    """--checkpoint ranks samples of a fine-tune's file (here a tiny random shapes-diffusion checkpoint)."""
+    from diffusion_fixtures import write_tiny_checkpoint
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pt", seed=3)
+    figures = tmp_path / "r.json"
+    assert main(["eval", "ranking", "--checkpoint", str(ckpt), "--prompts", "2", "--candidates", "2", "--steps", "2",
+                 "--rankers", "check", "--threads", "1", "--json", str(figures)]) == 0
+    report = json.loads(figures.read_text())
+    assert report["model"] == str(ckpt) and report["best_of_n"]["check"] == report["any_of_n"]
 
 
 def test_ranking_of_guided_generation_seeds(capsys):

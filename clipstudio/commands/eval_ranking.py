@@ -17,8 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                             "(best-of-N pass rate, any-of-N, AUC)")
     parser.add_argument("--backend", choices=("diffuse", "generate"), default="diffuse",
                         help="candidates from an embedded diffusion model, or from guided generation seeds")
-    parser.add_argument("--model", default=None, help="--backend diffuse: an embedded diffusion model "
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None, help="--backend diffuse: an embedded diffusion model "
                                                       "(default: the world's)")
+    source.add_argument("--checkpoint", default=None, help="--backend diffuse: a shapes-diffusion checkpoint "
+                                                           "file instead (a fine-tune's OUT.pt)")
     parser.add_argument("--guidance", type=float, default=None, help="--backend diffuse: CFG weight "
                                                                      "(default: the model's)")
     parser.add_argument("--steps", type=int, default=None, help="--backend diffuse: sampler steps "
@@ -42,8 +45,9 @@ def validate(args: argparse.Namespace) -> list[str]:
         raise ClipstudioError(f"--steps must be a positive integer, got {args.steps}")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         raise ClipstudioError(f"--guidance must be a finite number >= 0, got {args.guidance}")
-    if args.backend != "diffuse" and (args.model or args.guidance is not None or args.steps is not None):
-        raise ClipstudioError("--model, --guidance and --steps apply to --backend diffuse only")
+    if args.backend != "diffuse" and (args.model or args.checkpoint or args.guidance is not None
+                                      or args.steps is not None):
+        raise ClipstudioError("--model, --checkpoint, --guidance and --steps apply to --backend diffuse only")
     rankers = [name.strip() for name in args.rankers.split(",") if name.strip()]
     if not rankers:
         raise ClipstudioError("--rankers needs at least one name")
@@ -64,9 +68,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json)
     diffuse = {k: v for k, v in (("guidance", args.guidance), ("steps", args.steps)) if v is not None}
+    diffuser = None
+    if args.checkpoint:
+        from ..worlds.shapes.diffusion_model import load_shapes_backend
+        diffuser = load_shapes_backend(args.checkpoint)
     report = best_of_n(args.backend, n_prompts=args.prompts, prompt_seed=args.prompt_seed,
                        ns=powers_of_two_to(args.candidates), rankers=rankers, seed=args.seed,
-                       model=args.model or default_model(), diffuse=diffuse)
+                       model=args.checkpoint or args.model or default_model(), diffuse=diffuse, diffuser=diffuser)
     print(format_report(report))
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))

@@ -62,12 +62,13 @@ def make_ranker(name: str) -> Ranker:
 def best_of_n(backend: str, n_prompts: int = 10, prompt_seed: int = 2024, ns: Sequence[int] = (1, 4, 16),
               rankers: Sequence[str] = ("shapes-eval", "shapes-guide"), seed: int = 0,
               generate: dict[str, Any] | None = None, part: tuple[int, int] = (0, 1),
-              model: str = "shapes-diffusion", diffuse: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+              model: str = "shapes-diffusion", diffuse: Optional[dict[str, Any]] = None,
+              diffuser=None) -> dict[str, Any]:
     """The pass rates of best-of-N for each ranker and N, and each ranker's AUC (see the module docstring);
     ``part=(i, k)`` takes every k-th prompt from the i-th, so k processes can share a prompt set (their
-    ``passed`` counts add up). ``model`` and ``diffuse`` (guidance, steps, ...) apply to ``backend='diffuse'``."""
-    diffuser = None
-    if backend == "diffuse":
+    ``passed`` counts add up). ``model`` (an embedded name, or the label of a loaded ``diffuser``) and
+    ``diffuse`` (guidance, steps, ...) apply to ``backend='diffuse'``."""
+    if backend == "diffuse" and diffuser is None:
         from ...diffusion.backend import load_embedded_backend
 
         diffuser = load_embedded_backend(model)
