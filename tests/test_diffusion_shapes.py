@@ -321,8 +321,8 @@ def test_embedded_flow_model_samples_with_flow_euler():
 
 
 def test_embedded_reward_model_is_shapes_diffusion_fine_tuned_with_its_rounds_on_record():
-    """`diffuse --model shapes-diffusion-reward`: the RAFT fine-tune (issue 18) loads like shapes-diffusion, its
-    weights differ, and its card names both rounds' commands and its measured figures."""
+    """`diffuse --model shapes-diffusion-reward`: the reward fine-tune (issue 18: two RAFT rounds, then DRaFT-1)
+    loads like shapes-diffusion, its weights differ, and its card names every round's command and its figures."""
     import json
     from clipstudio import embedded
     from clipstudio.checkpoints import load_checkpoint
@@ -333,11 +333,12 @@ def test_embedded_reward_model_is_shapes_diffusion_fine_tuned_with_its_rounds_on
     assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
     tuned = load_checkpoint(embedded.embedded_model("shapes-diffusion-reward", "diffusion").checkpoint)
     base = load_checkpoint(embedded.embedded_model("shapes-diffusion", "diffusion").checkpoint)
-    assert tuned["reward_finetune"]["method"] == "raft" and tuned["unet"].keys() == base["unet"].keys()
+    assert tuned["reward_finetune"]["method"] == "draft" and tuned["unet"].keys() == base["unet"].keys()
     assert any(not torch.equal(tuned["unet"][k], base["unet"][k]) for k in base["unet"])
     card = json.loads(embedded.embedded_model("shapes-diffusion-reward", "diffusion").card.read_text())
-    assert [r["round"] for r in card["rounds"]] == [1, 2]
-    assert all("--method raft" in r["command"] for r in card["rounds"])
+    assert [r["round"] for r in card["rounds"]] == [1, 2, 3]
+    assert [r["command"].split("--method ")[1].split()[0] for r in card["rounds"]] == ["raft", "raft", "draft"]
+    assert "--ema-decay" in card["rounds"][2]["command"]
     assert card["eval"]["pass_rate"]["n"] == 100 and card["eval"]["colour_spread"]["distinct"] >= 5
 
 
