@@ -107,7 +107,10 @@ def test_load_backend_and_generate(tiny_run):
     prompts = SM.canonical_prompts(5)
     r = SM.check_pass_rate(be, prompts, steps=2, batch=5)
     images = SM.to_uint8(be.generate(prompts, steps=2, seed=0))
-    assert r["n"] == 5 and r["rate"] == sum(check_image(im, p).passed for im, p in zip(images, prompts)) / 5
+    checks = [check_image(im, p) for im, p in zip(images, prompts)]
+    assert r["n"] == 5 and r["rate"] == sum(c.passed for c in checks) / 5
+    assert r["failures"] == [{"prompt": p, "failures": c.failures} for p, c in zip(prompts, checks) if not c.passed]
+    assert r["failures"], "a 2-step sample of a tiny model should fail somewhere"
 
 
 def test_flow_objective_warm_starts_resumes_and_samples_with_flow_euler(tiny_run, tmp_path):
@@ -210,9 +213,13 @@ def test_eval_command_writes_figures(tiny_run, tmp_path, capsys):
     figures = tmp_path / "f.json"
     code = cli_main(["eval", "diffusion", "--checkpoint", out, "--prompts", "2", "--sweep", "", "--negative-seeds", "0",
                      "--steps", "2", "--threads", "1", "--json", str(figures)])
-    assert code == 0 and "check pass rate at w=3.0" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert code == 0 and "check pass rate at w=3.0" in printed
     data = json.loads(figures.read_text())
     assert data["model"] == out and data["pass_rate"]["n"] == 2 and "sweep" not in data
+    failed = data["pass_rate"]["failures"]
+    assert len(failed) == round(2 * (1 - data["pass_rate"]["rate"]))
+    assert all(f"  failed: {f['prompt']}: {'; '.join(f['failures'])}" in printed for f in failed)
 
 
 @pytest.mark.parametrize("argv,message", [(["--sweep", "1,inf"], "--sweep weights must be finite"),

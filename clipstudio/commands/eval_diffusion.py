@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
                        negative_seeds=args.negative_seeds, steps=args.steps, guidance=args.guidance,
                        guidance_rescale=args.guidance_rescale, sampler=args.sampler, steps_sweep=args.steps_sweep,
                        prompt_seed=args.prompt_seed)
+    for failed in figures.get("pass_rate", {}).get("failures", []):
+        print(f"  failed: {failed['prompt']}: {'; '.join(failed['failures'])}")
     if args.colour_seeds:
         from ..worlds.shapes.train_reward import colour_spread
 

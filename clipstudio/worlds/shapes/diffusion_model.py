@@ -325,21 +325,23 @@ def to_uint8(images: torch.Tensor) -> list:
 def check_pass_rate(backend, prompts: Sequence[str], guidance: Optional[float] = None, steps: int = 50,
                     seed: int = 0, batch: int = 25, sampler: Optional[str] = None,
                     guidance_rescale: Optional[float] = None) -> dict:
-    """Share of prompts whose image passes clipstudio.worlds.shapes.check.check_image, overall and per form."""
+    """Share of prompts whose image passes clipstudio.worlds.shapes.check.check_image, overall and per form, and
+    each failing prompt with the checker's reasons (where a model fails: size, shape, colour, ...)."""
     from clipstudio.worlds.shapes.captions import parse_caption
     from clipstudio.worlds.shapes.check import check_image
     per_form: dict[str, list[int]] = {}
-    passed = 0
+    failures: list[dict] = []
     for i in range(0, len(prompts), batch):
         chunk = list(prompts[i:i + batch])
         imgs = to_uint8(backend.generate(chunk, guidance=guidance, steps=steps, seed=seed + i, sampler=sampler,
                                          guidance_rescale=guidance_rescale))
         for p, img in zip(chunk, imgs):
-            ok = check_image(img, p).passed
-            passed += ok
-            per_form.setdefault(parse_caption(p).form, []).append(int(ok))
-    return {"rate": passed / len(prompts), "n": len(prompts),
-            "per_form": {k: sum(v) / len(v) for k, v in per_form.items()}}
+            result = check_image(img, p)
+            per_form.setdefault(parse_caption(p).form, []).append(int(result.passed))
+            if not result.passed:
+                failures.append({"prompt": p, "failures": list(result.failures)})
+    return {"rate": (len(prompts) - len(failures)) / len(prompts), "n": len(prompts),
+            "per_form": {k: sum(v) / len(v) for k, v in per_form.items()}, "failures": failures}
 
 
 def object_colour(img, background: str) -> Optional[str]:
