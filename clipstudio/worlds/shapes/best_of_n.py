@@ -27,7 +27,7 @@ Ranker = Callable[[Sequence[Image.Image], str], list]
 
 
 def make_candidates(backend: str, prompt: str, n: int, seed: int, generate: dict[str, Any] | None = None,
-                    diffuser=None, diffuse: dict[str, Any] | None = None) -> list[Image.Image]:
+                    diffuser: Any = None, diffuse: dict[str, Any] | None = None) -> list[Image.Image]:
     """``n`` candidates for ``prompt``: seeds ``seed..seed+n-1`` of the world's default recipe (with the
     ``generate`` settings on top), or one seeded batch of ``diffuser`` samples (``diffuse``: its
     ``generate`` keywords, such as guidance and steps)."""
@@ -63,7 +63,7 @@ def best_of_n(backend: str, n_prompts: int = 10, prompt_seed: int = 2024, ns: Se
               rankers: Sequence[str] = ("shapes-eval", "shapes-guide"), seed: int = 0,
               generate: dict[str, Any] | None = None, part: tuple[int, int] = (0, 1),
               model: str = "shapes-diffusion", diffuse: Optional[dict[str, Any]] = None,
-              diffuser=None) -> dict[str, Any]:
+              diffuser: Any = None) -> dict[str, Any]:
     """The pass rates of best-of-N for each ranker and N, and each ranker's AUC (see the module docstring);
     ``part=(i, k)`` takes every k-th prompt from the i-th, so k processes can share a prompt set (their
     ``passed`` counts add up). ``model`` (an embedded name, or the label of a loaded ``diffuser``) and
