@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-WHATS = ('clip', 'diffusion', 'robust', 'reward')
+WHATS = ('clip', 'diffusion', 'robust', 'reward', 'decoder')
 
 
 def register(sub: argparse._SubParsersAction) -> None:
