@@ -443,3 +443,62 @@ def test_guide_rewards_prefer_the_right_picture():
     images.requires_grad_(True)
     TR.REWARDS["shapes-guide-contrast"].make()(images, right).sum().backward()
     assert images.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- the KL term (DPOK) on free-colour captions
+
+def test_kl_term_is_zero_at_the_reference_and_its_gradient_pulls_back_to_it(tmp_path, tiny_ckpt):
+    other = str(write_tiny_checkpoint(tmp_path / "other.pt", seed=4))
+    cfg = TR.RewardTrainConfig(checkpoint=tiny_ckpt, batch=3, sample_steps=2, kl_weight=1.0)
+    parts, reference = TR.load_parts(other), TR.load_parts(tiny_ckpt)
+    prompts = TR.free_colour_prompts(20)
+    assert float(TR.kl_objective(reference, reference, cfg, 0, prompts).detach()) == 0.0
+    before = float(TR.kl_objective(parts, reference, cfg, 0, prompts).detach())
+    assert before > 0
+    opt = torch.optim.Adam(parts.unet.parameters(), lr=1e-3)
+    for _ in range(5):
+        opt.zero_grad()
+        TR.kl_objective(parts, reference, cfg, 0, prompts).backward()
+        opt.step()
+    assert float(TR.kl_objective(parts, reference, cfg, 0, prompts).detach()) < 0.7 * before
+    assert all(p.grad is None for p in reference.unet.parameters())
+
+
+def test_kl_weight_keeps_the_fine_tune_near_its_reference(tmp_path, tiny_ckpt, toy_rewards):
+    from clipstudio.checkpoints import load_checkpoint
+    reference = TR.load_parts(tiny_ckpt)
+    prompts = TR.free_colour_prompts(20)
+
+    def distance(kl_weight, name):
+        cfg = config(tmp_path, tiny_ckpt, steps=6, eval_every=6, lr=3e-3, kl_weight=kl_weight,
+                     out=str(tmp_path / name))
+        quiet(cfg)
+        history = load_checkpoint(cfg.state_path)["history"]
+        assert all((h["kl"] > 0) == bool(kl_weight) for h in history[1:])
+        tuned = TR.load_parts(cfg.out)
+        return sum(float(TR.kl_objective(tuned, reference, cfg, step, prompts).detach()) for step in range(3))
+    free, held = distance(0.0, "free.pt"), distance(1e3, "held.pt")
+    assert held < 0.5 * free
+
+
+def test_free_colour_prompts_leave_the_colour_free_and_skip_the_measured_prompts():
+    from clipstudio.worlds.shapes.render import COLOURS, SHAPES
+    prompts = TR.free_colour_prompts(150)
+    assert prompts == TR.free_colour_prompts(150) and len(set(prompts)) == len(prompts) > 100
+    assert not set(prompts) & set(TR.DIVERSITY_PROMPTS)
+    for p in prompts:
+        subject = p.split(" on a ")[0]
+        assert any(s in subject for s in SHAPES) and not any(c in subject.split() for c in COLOURS), p
+
+
+def test_kl_settings_are_checked_and_resume_refuses_another_kl_weight(tmp_path, tiny_ckpt, toy_rewards):
+    code, err = train_cli(["--kl-weight", "-1", "--out", tmp_path / "x.pt", "--no-progress"])
+    assert code == 2 and "--kl-weight must be a finite number >= 0" in err and len(err.splitlines()) == 1
+    code, err = train_cli(["--kl-weight", "1", "--kl-reference", "no-such-model", "--steps", "1",
+                           "--out", tmp_path / "x.pt", "--no-progress"])
+    assert code == 2 and "unknown embedded model 'no-such-model'" in err and len(err.splitlines()) == 1
+    cfg = config(tmp_path, tiny_ckpt, steps=2, eval_every=2, kl_weight=1.0)
+    quiet(cfg)
+    cfg.resume, cfg.steps, cfg.kl_weight = True, 4, 2.0
+    with pytest.raises(ClipstudioError, match="was trained with --kl-weight 1.0"):
+        quiet(cfg)

@@ -29,6 +29,9 @@ HELPS = {
     "ema_decay": "0: ship the trained weights; else an average of them with this decay per step, started at "
                  "the starting weights (it evens out the step-to-step noise of fine-tuning)",
     "rwr_beta": "RWR temperature: weights exp(reward / beta) within a prompt's samples",
+    "kl_weight": "weight of a KL term (DPOK) between the fine-tuned and the reference model's denoising steps, on "
+                 "free-colour captions and the reference's own samples of them (keeps the colours it leaves free)",
+    "kl_reference": "the KL term's reference: a checkpoint file or an embedded model (None: the starting model)",
     "train_prompts": "size of the training prompt set (prompt_set seed 2026, evaluation prompts removed)",
     "eval_every": "measure the held-out curve every this many steps",
     "curve_prompts": "held-out curve prompts (prompt_set seed 4242, evaluation and training prompts removed)",

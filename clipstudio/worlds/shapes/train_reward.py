@@ -77,6 +77,8 @@ class RewardTrainConfig:
     raft_guidance: float = 3.0
     p_uncond: float = 0.15
     ema_decay: float = 0.0
+    kl_weight: float = 0.0
+    kl_reference: Optional[str] = None
     train_prompts: int = 2000
     eval_every: int = 50
     curve_prompts: int = 24
@@ -124,6 +126,7 @@ class RewardTrainConfig:
         if not 0 <= _finite(self.ema_decay, "--ema-decay", 0) < 1:
             raise ClipstudioError(f"--ema-decay must be below 1, got {self.ema_decay}")
         _finite(self.curve_guidance, "--curve-guidance", 0)
+        _finite(self.kl_weight, "--kl-weight", 0)
         if not (math.isfinite(self.rwr_beta) and self.rwr_beta > 0):
             raise ClipstudioError(f"--rwr-beta must be a positive number, got {self.rwr_beta}")
         for name in ("max_minutes", "stop_after", "lora_alpha"):
@@ -156,7 +159,7 @@ class RewardTrainConfig:
 
 # The type of each field whose default is None (for the command's options).
 OPTIONAL_TYPES = {"checkpoint": str, "lora_alpha": float, "state": str, "curve": str, "max_minutes": float,
-                  "stop_after": int}
+                  "stop_after": int, "kl_reference": str}
 
 
 def _finite(value, flag: str, low: float) -> float:
@@ -517,6 +520,64 @@ def raft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Cal
 OBJECTIVES = {"draft": draft_objective, "rwr": rwr_objective, "raft": raft_objective}
 
 
+# --------------------------------------------------------------------------- the KL term on free-colour captions
+
+KL_PROMPTS = 200        # free-colour captions the KL term draws from
+KL_PROMPT_SEED = 2027
+# Free-colour prompts whose colour spread is measured (the issue's, and README's wider table): never in the KL set.
+DIVERSITY_PROMPTS = (FREE_COLOUR_PROMPT, "a square on a black background", "a triangle on a blue background",
+                     "a circle on a green background")
+
+
+def resolve_reference(config: RewardTrainConfig, start: Path) -> Path:
+    """The KL term's reference model: ``--kl-reference`` (a checkpoint file or an embedded model's name), else
+    the starting checkpoint."""
+    if not config.kl_reference:
+        return start
+    if Path(config.kl_reference).is_file():
+        return Path(config.kl_reference)
+    from clipstudio import embedded
+    return embedded.embedded_model(config.kl_reference, "diffusion").checkpoint
+
+
+def free_colour_prompts(n: int, seed: int = KL_PROMPT_SEED) -> list[str]:
+    """``n`` distinct captions that leave the object's colour free (``a circle on a white background``,
+    ``a small square on a black background``): where a reward fine-tune narrows the colours the model draws."""
+    from clipstudio.worlds.shapes.captions import partial_caption
+    from clipstudio.worlds.shapes.render import sample_scene
+    rng = np.random.default_rng(seed)
+    found: dict[str, None] = {}
+    for _ in range(100 * n):
+        caption = partial_caption(rng, sample_scene(rng, str(rng.choice(("plain", "sized", "positioned")))))
+        if " " in caption and caption not in DIVERSITY_PROMPTS:   # not a bare colour word, nor a measured prompt
+            found[caption] = None
+        if len(found) == n:
+            break
+    return list(found)
+
+
+def kl_objective(parts: ShapesParts, reference: ShapesParts, config: RewardTrainConfig, step: int,
+                 prompts: Sequence[str]) -> torch.Tensor:
+    """The per-step KL between the fine-tuned and the reference model's denoising steps on free-colour
+    captions (DPOK, Fan et al. 2023: for Gaussian steps of equal variance it is the squared difference of the
+    two predictions): states ``x_t`` are the reference's own samples for those captions (DDIM, w=1, no
+    gradient), noised to a random training timestep, as DreamBooth's prior preservation (Ruiz et al. 2023)
+    draws its data from the original model. Batch, captions and noise depend only on (seed, step)."""
+    rng = np.random.default_rng([config.seed, step, 1])
+    chosen = [prompts[int(i)] for i in rng.choice(len(prompts), size=min(config.batch, len(prompts)), replace=False)]
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 500_000_000)
+    noise = torch.randn((len(chosen),) + parts.sample_shape, generator=gen)
+    with torch.no_grad():
+        x0 = sample_latents(reference, chosen, 1.0, config.sample_steps, noise)
+    t = torch.randint(0, len(parts.alphas_cumprod), (len(chosen),), generator=gen)
+    abar = parts.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn(x0.shape, generator=gen)
+    cond = parts.text(chosen)
+    with torch.no_grad():
+        target = reference.unet_fn(x_t, t, cond)
+    return (parts.unet_fn(x_t, t, cond) - target).pow(2).mean()
+
+
 # --------------------------------------------------------------------------- the over-optimization curve
 
 CURVE_NOISE_SEED = 777      # the same noise at every curve point, so the points differ by the weights only
@@ -604,6 +665,8 @@ class _Run:
     best: Optional[dict] = None
     data: Optional[dict] = None                        # --method raft: the best-of-n dataset
     ema: Optional[dict] = None                         # --ema-decay: the average of the trainable weights
+    reference: Optional[ShapesParts] = None            # --kl-weight: the frozen reference model
+    kl_prompts: list = field(default_factory=list)     # --kl-weight: the free-colour captions it is measured on
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.parts.unet.named_parameters() if p.requires_grad}
@@ -646,6 +709,10 @@ def _start_run(config: RewardTrainConfig) -> _Run:
     reward_fn = guide_fn if config.reward == "shapes-guide" else REWARDS[config.reward].make()
     run = _Run(config, parts, base, weights.file_sha256(base), start, opt, reward_fn, guide_fn,
                train_prompts, curve_prompts)
+    if config.kl_weight:
+        run.reference = load_parts(resolve_reference(config, base))
+        run.reference.unet.requires_grad_(False).eval()
+        run.kl_prompts = free_colour_prompts(KL_PROMPTS)
     if config.ema_decay:                               # starts at the starting weights: no warm-up
         run.ema = {n: p.detach().clone() for n, p in run.trainable().items()}
     if config.method == "raft":                        # sampled from the starting weights, before any resume
@@ -662,8 +729,8 @@ def _start_run(config: RewardTrainConfig) -> _Run:
 
 
 RESUME_KEYS = ("method", "reward", "seed", "batch", "lora_rank", "guidance", "sample_steps", "grad_steps",
-               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond", "ema_decay")
-RESUME_DEFAULTS = {"ema_decay": 0.0}                   # keys a state of an older version lacks
+               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond", "ema_decay", "kl_weight", "kl_reference")
+RESUME_DEFAULTS = {"ema_decay": 0.0, "kl_weight": 0.0}  # keys a state of an older version lacks
 
 
 def _restore(run: _Run, st: dict) -> None:
@@ -759,7 +826,9 @@ def _train_step(run: _Run) -> dict:
     loss, rewards, guidance = OBJECTIVES[config.method](run.parts, config, run.reward_fn, run.step,
                                                         run.train_prompts, run.data)
     anchor = l2_anchor(weight_deltas(run.parts.unet, run.start)) if config.anchor else torch.zeros(())
-    total = loss + config.anchor * anchor
+    kl = kl_objective(run.parts, run.reference, config, run.step, run.kl_prompts) if config.kl_weight \
+        else torch.zeros(())
+    total = loss + config.anchor * anchor + config.kl_weight * kl
     if not torch.isfinite(total):
         raise ClipstudioError(f"the loss became {float(total)} at step {run.step}; lower --lr")
     run.opt.zero_grad(set_to_none=True)
@@ -769,7 +838,7 @@ def _train_step(run: _Run) -> dict:
     if run.ema is not None:
         update_ema(run.ema, run.trainable(), config.ema_decay)
     return {"step": run.step, "reward": float(rewards.mean()), "loss": float(loss.detach()),
-            "anchor": float(anchor.detach()), "guidance": guidance}
+            "anchor": float(anchor.detach()), "kl": float(kl.detach()), "guidance": guidance}
 
 
 @torch.no_grad()
