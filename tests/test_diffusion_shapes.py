@@ -328,9 +328,9 @@ def test_embedded_flow_model_samples_with_flow_euler():
 
 
 def test_embedded_reward_model_is_shapes_diffusion_fine_tuned_with_its_rounds_on_record():
-    """`diffuse --model shapes-diffusion-reward`: the reward fine-tune (issue 18: two RAFT rounds, then DRaFT-1,
-    then its decoder fitted to the world) loads like shapes-diffusion, its weights differ, and its card names every
-    round's command and its figures."""
+    """`diffuse --model shapes-diffusion-reward`: the reward fine-tune (issue 18: two RAFT rounds, DRaFT-1, its
+    decoder fitted to the world, DRaFT-1 with a KL) loads like shapes-diffusion, its weights differ, and its card
+    names every round's command and its figures."""
     import json
     from clipstudio import embedded
     from clipstudio.checkpoints import load_checkpoint
@@ -344,15 +344,15 @@ def test_embedded_reward_model_is_shapes_diffusion_fine_tuned_with_its_rounds_on
     assert tuned["reward_finetune"]["method"] == "draft" and tuned["unet"].keys() == base["unet"].keys()
     assert any(not torch.equal(tuned["unet"][k], base["unet"][k]) for k in base["unet"])
     card = json.loads(embedded.embedded_model("shapes-diffusion-reward", "diffusion").card.read_text())
-    assert [r["round"] for r in card["rounds"]] == [1, 2, 3]
-    assert [r["command"].split("--method ")[1].split()[0] for r in card["rounds"]] == ["raft", "raft", "draft"]
-    assert "--ema-decay" in card["rounds"][2]["command"]
+    assert [r["round"] for r in card["rounds"]] == [1, 2, 3, 4]
+    assert [r["command"].split("--method ")[1].split()[0] for r in card["rounds"]] == ["raft", "raft", "draft", "draft"]
+    assert "--ema-decay" in card["rounds"][2]["command"] and "--kl-weight" in card["rounds"][3]["command"]
     spread = card["eval"]["colour_spread"]
     assert card["eval"]["pass_rate"]["n"] == 100 and spread["n"] == 64 and spread["distinct"] == len(spread["counts"])
-    # then its decoder was fitted to the world (session 13): only the decoder differs from round 3's file
+    # between rounds 3 and 4 its decoder was fitted to the world (session 13), and round 4 kept it
     assert card["decoder"]["command"].startswith("clipstudio train decoder")
     assert card["decoder"]["roundtrip"]["failed_after"] < card["decoder"]["roundtrip"]["failed_before"]
-    assert tuned["decoder_finetune"]["step"] == card["decoder"]["step"]
+    assert tuned["decoder_finetune"]["step"] == card["decoder"]["step"] and tuned["reward_finetune"]["step"] == 600
     assert any(not torch.equal(tuned["decoder"][k], base["decoder"][k]) for k in base["decoder"])
 
 
