@@ -127,14 +127,14 @@ def roundtrip_failures(decoder: torch.nn.Module, encoder: torch.nn.Module, scene
     """Every scene whose render, encoded and decoded, fails the checker: ``{caption, failures}`` each."""
     from clipstudio.worlds.shapes.captions import canonical_caption
     from clipstudio.worlds.shapes.check import check_image
+    from clipstudio.worlds.shapes.diffusion_model import to_uint8
     from clipstudio.worlds.shapes.render import render_batch
     failed = []
     for start in range(0, len(scenes), chunk):
         part = scenes[start:start + chunk]
         with torch.no_grad():
-            images = decode(decoder, encoder, encoder(render_batch(part, encoder.size))).clamp(0, 1)
-        arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        for scene, array in zip(part, arrays):
+            images = decode(decoder, encoder, encoder(render_batch(part, encoder.size)))
+        for scene, array in zip(part, to_uint8(images)):
             caption = canonical_caption(scene)
             result = check_image(array, caption)
             if not result.passed:
