@@ -522,7 +522,7 @@ OBJECTIVES = {"draft": draft_objective, "rwr": rwr_objective, "raft": raft_objec
 
 # --------------------------------------------------------------------------- the KL term on free-colour captions
 
-KL_PROMPTS = 200        # free-colour captions the KL term draws from
+KL_PROMPTS = 200        # at most this many free-colour captions for the KL term (the world has 188)
 KL_PROMPT_SEED = 2027
 # Free-colour prompts whose colour spread is measured (the issue's, and README's wider table): never in the KL set.
 DIVERSITY_PROMPTS = (FREE_COLOUR_PROMPT, "a square on a black background", "a triangle on a blue background",
@@ -541,8 +541,10 @@ def resolve_reference(config: RewardTrainConfig, start: Path) -> Path:
 
 
 def free_colour_prompts(n: int, seed: int = KL_PROMPT_SEED) -> list[str]:
-    """``n`` distinct captions that leave the object's colour free (``a circle on a white background``,
-    ``a small square on a black background``): where a reward fine-tune narrows the colours the model draws."""
+    """Up to ``n`` distinct captions that leave the object's colour free (``a circle on a white background``,
+    ``a small square on a black background``): where a reward fine-tune narrows the colours the model draws.
+    The world has fewer than ``KL_PROMPTS`` such captions (188 once the measured ones are left out), so the
+    default takes them all."""
     from clipstudio.worlds.shapes.captions import partial_caption
     from clipstudio.worlds.shapes.render import sample_scene
     rng = np.random.default_rng(seed)
