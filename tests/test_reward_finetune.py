@@ -194,6 +194,21 @@ def test_resume_is_exact_and_output_loads_like_the_shipped_model(tmp_path, tiny_
     assert Path(straight.best_path).is_file()
 
 
+def test_default_sampler_is_written_into_the_shipped_checkpoint(tmp_path, tiny_ckpt, toy_rewards):
+    from clipstudio.checkpoints import load_checkpoint
+    from clipstudio.worlds.shapes.diffusion_model import load_shapes_backend
+    kept = config(tmp_path, tiny_ckpt, out=str(tmp_path / "kept.pt"), steps=1, eval_every=1)
+    quiet(kept)
+    assert load_shapes_backend(kept.out).default_sampler == load_shapes_backend(tiny_ckpt).default_sampler == "ddim"
+    ddpm = config(tmp_path, tiny_ckpt, out=str(tmp_path / "ddpm.pt"), steps=1, eval_every=1, default_sampler="ddpm")
+    quiet(ddpm)
+    assert load_checkpoint(ddpm.out)["default_sampler"] == "ddpm"
+    assert load_shapes_backend(ddpm.out).default_sampler == "ddpm"
+    assert load_checkpoint(ddpm.best_path)["default_sampler"] == "ddpm"
+    a, b = load_checkpoint(kept.out)["unet"], load_checkpoint(ddpm.out)["unet"]
+    assert all(torch.equal(a[k], b[k]) for k in a)     # it changes what ships with the weights, not the training
+
+
 def test_black_box_reward_trains_with_rwr(tmp_path, tiny_ckpt, toy_rewards):
     from clipstudio.checkpoints import load_checkpoint
     cfg = config(tmp_path, tiny_ckpt, method="rwr", reward="red", rwr_samples=3, steps=2, eval_every=2)
@@ -337,6 +352,7 @@ def train_cli(argv):
     (["--method", "raft", "--p-uncond", "1"], "--p-uncond must be below 1"),
     (["--raft-guidance", "-2"], "--raft-guidance must be a finite number >= 0"),
     (["--ema-decay", "1"], "--ema-decay must be below 1"),
+    (["--default-sampler", "flow-euler"], "unknown --default-sampler 'flow-euler'; choose one of: ddpm, ddim"),
     (["--model", "no-such-model"], "unknown embedded model 'no-such-model'"),
     (["--checkpoint", "/no/such.pt"], "no diffusion checkpoint at /no/such.pt"),
     (["--model", "shapes-flow", "--steps", "1"], "is a flow-matching model; reward fine-tuning needs"),
@@ -389,6 +405,20 @@ def test_colour_spread_counts_distinct_object_colours(tiny_ckpt, tmp_path, monke
     code = cli_main(["eval", "diffusion", "--checkpoint", tiny_ckpt, "--prompts", "0", "--sweep", "",
                      "--negative-seeds", "0", "--colour-seeds", "4", "--steps", "2", "--json", str(out)])
     assert code == 0 and json.loads(out.read_text())["colour_spread"]["distinct"] == 2
+
+
+def test_eval_colour_check_samples_with_the_chosen_sampler(tiny_ckpt, monkeypatch):
+    from clipstudio.diffusion.backend import CFGBackend
+    used = []
+    generate = CFGBackend.generate
+
+    def spy(self, *args, sampler=None, **kw):
+        used.append(sampler or self.default_sampler)
+        return generate(self, *args, sampler=sampler, **kw)
+    monkeypatch.setattr(CFGBackend, "generate", spy)
+    code = cli_main(["eval", "diffusion", "--checkpoint", tiny_ckpt, "--prompts", "0", "--sweep", "",
+                     "--negative-seeds", "0", "--colour-seeds", "2", "--steps", "2", "--sampler", "ddpm"])
+    assert code == 0 and used == ["ddpm"]
 
 
 def test_over_optimization_onset_and_the_figure(tmp_path):

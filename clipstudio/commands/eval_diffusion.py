@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if args.colour_seeds:
         from ..worlds.shapes.train_reward import colour_spread
 
-        spread = colour_spread(backend, n=args.colour_seeds, guidance=args.guidance, steps=figures["steps"])
+        spread = colour_spread(backend, n=args.colour_seeds, guidance=args.guidance, steps=figures["steps"],
+                               sampler=figures["sampler"])
         figures["colour_spread"] = spread
         print(f"'{spread['prompt']}': {spread['distinct']} distinct object colours over {spread['n']} seeds "
               f"{spread['counts']}")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from clipstudio.config import MAX_LR, SEED_MAX, check_numbers
+from clipstudio.diffusion.sampling import list_samplers
 from clipstudio.errors import ClipstudioError
 
 METHODS = ("draft", "rwr", "raft")
@@ -53,7 +54,8 @@ class RewardTrainConfig:
     rwr``; for ``--method raft``, ``rwr_samples`` images per training prompt at ``raft_guidance``, the best by
     the reward kept (OUT.raft.pt) and regressed on, the caption dropped with probability ``p_uncond``; every ``eval_every`` steps the curve is measured on ``curve_prompts`` held-out prompts at
     ``curve_guidance`` with ``curve_steps`` DDIM steps (diversity over ``diversity_seeds`` seeds of the first
-    ``diversity_prompts`` of them and the free-colour prompt). ``max_minutes`` is wall-clock time of this
+    ``diversity_prompts`` of them and the free-colour prompt). ``default_sampler`` is written into the shipped
+    checkpoint as the sampler it is used with unless told otherwise (None: the starting model's). ``max_minutes`` is wall-clock time of this
     invocation, curve points included; ``stop_after`` a step. ``state`` defaults to OUT.state, ``curve`` to
     OUT.curve.json; the best curve point (check pass rate, then guide reward) is also written to OUT.best.pt.
     """
@@ -79,6 +81,7 @@ class RewardTrainConfig:
     ema_decay: float = 0.0
     kl_weight: float = 0.0
     kl_reference: Optional[str] = None
+    default_sampler: Optional[str] = None
     train_prompts: int = 2000
     eval_every: int = 50
     curve_prompts: int = 24
@@ -127,6 +130,9 @@ class RewardTrainConfig:
             raise ClipstudioError(f"--ema-decay must be below 1, got {self.ema_decay}")
         _finite(self.curve_guidance, "--curve-guidance", 0)
         _finite(self.kl_weight, "--kl-weight", 0)
+        if self.default_sampler is not None and self.default_sampler not in list_samplers("epsilon"):
+            raise ClipstudioError(f"unknown --default-sampler '{self.default_sampler}'; choose one of: "
+                                  f"{', '.join(list_samplers('epsilon'))}")
         if not (math.isfinite(self.rwr_beta) and self.rwr_beta > 0):
             raise ClipstudioError(f"--rwr-beta must be a positive number, got {self.rwr_beta}")
         for name in ("max_minutes", "stop_after", "lora_alpha"):
@@ -159,7 +165,7 @@ class RewardTrainConfig:
 
 # The type of each field whose default is None (for the command's options).
 OPTIONAL_TYPES = {"checkpoint": str, "lora_alpha": float, "state": str, "curve": str, "max_minutes": float,
-                  "stop_after": int, "kl_reference": str}
+                  "stop_after": int, "kl_reference": str, "default_sampler": str}
 
 
 def _finite(value, flag: str, low: float) -> float:
@@ -600,10 +606,12 @@ def object_colours(images: torch.Tensor, background: str = "white") -> list[Opti
 
 
 def colour_spread(backend, prompt: str = FREE_COLOUR_PROMPT, n: int = 64, seed: int = 5,
-                  guidance: Optional[float] = None, steps: int = 50, background: str = "white") -> dict:
+                  guidance: Optional[float] = None, steps: int = 50, background: str = "white",
+                  sampler: Optional[str] = None) -> dict:
     """How many distinct palette colours a free-colour prompt's object takes over n seeded images (the
-    diversity target: a reward fine-tune must not collapse it to one colour)."""
-    colours = object_colours(backend.generate(prompt, n=n, guidance=guidance, steps=steps, seed=seed), background)
+    diversity target: a reward fine-tune must not collapse it to one colour); ``sampler`` None: the model's."""
+    images = backend.generate(prompt, n=n, guidance=guidance, steps=steps, seed=seed, sampler=sampler)
+    colours = object_colours(images, background)
     counts = {c: colours.count(c) for c in sorted(set(colours), key=str) if c is not None}
     return {"prompt": prompt, "n": n, "seed": seed, "distinct": len(counts), "counts": counts}
 
@@ -766,6 +774,8 @@ def shippable(run: _Run) -> dict:
     shipped = {k: v for k, v in run.parts.checkpoint.items() if k != "unet"}
     shipped["unet"] = {k: v.detach().half() for k, v in unet.state_dict().items()}
     shipped["step"] = run.step
+    if run.config.default_sampler:               # what `diffuse` and `eval diffusion` use unless told otherwise
+        shipped["default_sampler"] = run.config.default_sampler
     shipped["reward_finetune"] = {"base_sha256": run.base_sha256, "method": run.config.method,
                                   "reward": run.config.reward, "step": run.step}
     return shipped
