@@ -94,6 +94,24 @@ def test_draft_k_gradient_reaches_only_through_the_last_k_steps(tiny_ckpt):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in parts.unet.parameters())
 
 
+def test_ancestral_draft_samples_are_seeded_and_keep_the_gradient(tiny_ckpt):
+    """--sample-eta 1: DDPM-like training samples, the same for the same generator, other than DDIM's."""
+    parts = TR.load_parts(tiny_ckpt)
+    noise = torch.randn((2,) + parts.sample_shape, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle on a blue background"] * 2
+
+    def sample(eta, seed, grad_steps=0):
+        return TR.sample_latents(parts, prompts, 3.0, 4, noise, grad_steps, eta=eta,
+                                 generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        a, b, c, ddim = sample(1.0, 5), sample(1.0, 5), sample(1.0, 6), sample(0.0, 5)
+    assert torch.equal(a, b) and not torch.allclose(a, c) and not torch.allclose(a, ddim)
+    z = sample(1.0, 5, grad_steps=1)
+    torch.testing.assert_close(z.detach(), a)
+    z.mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in parts.unet.parameters())
+
+
 def test_v_to_eps_inverts_the_v_target():
     x0, eps = torch.randn(4, 3), torch.randn(4, 3)
     abar = torch.tensor(0.3)
@@ -352,6 +370,7 @@ def train_cli(argv):
     (["--method", "raft", "--p-uncond", "1"], "--p-uncond must be below 1"),
     (["--raft-guidance", "-2"], "--raft-guidance must be a finite number >= 0"),
     (["--ema-decay", "1"], "--ema-decay must be below 1"),
+    (["--sample-eta", "2"], "--sample-eta must be in [0, 1]"),
     (["--default-sampler", "flow-euler"], "unknown --default-sampler 'flow-euler'; choose one of: ddpm, ddim"),
     (["--model", "no-such-model"], "unknown embedded model 'no-such-model'"),
     (["--checkpoint", "/no/such.pt"], "no diffusion checkpoint at /no/such.pt"),

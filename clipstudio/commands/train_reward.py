@@ -18,6 +18,8 @@ HELPS = {
     "batch": "prompts per step",
     "guidance": "CFG weights a step draws from (repeat the option for several)",
     "sample_steps": "DDIM steps of the training samples",
+    "sample_eta": "--method draft: stochasticity of the training samples' DDIM steps (0 deterministic, 1 ancestral "
+                  "as DDPM)",
     "grad_steps": "DRaFT's K: sampling steps the reward's gradient flows through",
     "grad_checkpoint": "recompute the K steps' activations in the backward pass (less memory)",
     "anchor": "weight of the L2 pull to the starting weights",

@@ -77,10 +77,12 @@ def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
 
 
 def ddim_sample_draft(eps_fn: Callable, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
-                      grad_steps: int, checkpoint: bool = False) -> torch.Tensor:
-    """DDIM at eta=0 (Song et al. 2020) to x_0, with gradients through the last ``grad_steps`` steps only
-    (DRaFT-K, Clark et al. 2023); ``checkpoint`` recomputes those steps' activations in the backward pass.
-    The last step goes to abar=1 (diffusers' ``set_alpha_to_one``), so it returns the x_0 estimate."""
+                      grad_steps: int, checkpoint: bool = False, eta: float = 0.0,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """DDIM (Song et al. 2020) to x_0, with gradients through the last ``grad_steps`` steps only (DRaFT-K,
+    Clark et al. 2023); ``checkpoint`` recomputes those steps' activations in the backward pass. ``eta`` 1 makes
+    each step ancestral, as DDPM's with its posterior variance, its noise drawn from ``generator``. The last step
+    goes to abar=1 (diffusers' ``set_alpha_to_one``), so it returns the x_0 estimate."""
     abar = alphas_cumprod.to(x.device, torch.float64)
     first_tracked = len(timesteps) - max(0, int(grad_steps))
     for i, t in enumerate(timesteps):
@@ -88,12 +90,13 @@ def ddim_sample_draft(eps_fn: Callable, x: torch.Tensor, timesteps: Sequence[int
         a_prev = abar[timesteps[i + 1]].to(x.dtype) if i + 1 < len(timesteps) else torch.ones((), dtype=x.dtype)
         t_batch = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         tracked = i >= first_tracked and torch.is_grad_enabled()
+        noise = torch.randn(x.shape, generator=generator).to(x) if eta and i + 1 < len(timesteps) else None
         with torch.set_grad_enabled(tracked):
             if tracked and checkpoint:
                 eps = torch.utils.checkpoint.checkpoint(eps_fn, x, t_batch, use_reentrant=False)
             else:
                 eps = eps_fn(x, t_batch)
-            x = ddim_step(x, eps, a_t, a_prev.to(x.device))
+            x = ddim_step(x, eps, a_t, a_prev.to(x.device), eta if noise is not None else 0.0, noise)
     return x
 
 

@@ -48,7 +48,8 @@ EVALUATOR = "shapes-eval"
 class RewardTrainConfig:
     """Every setting of a reward fine-tuning run, with its default (the command's options derive from it).
 
-    ``guidance`` lists the CFG weights a step draws from; ``grad_steps`` is DRaFT's K; ``anchor`` weighs the L2
+    ``guidance`` lists the CFG weights a step draws from; ``grad_steps`` is DRaFT's K; ``sample_eta`` the
+    stochasticity of DRaFT's training samples (DDIM's eta: 0 deterministic, 1 ancestral as DDPM); ``anchor`` weighs the L2
     pull to the starting weights (sum of squares); ``lora_rank`` 0 fine-tunes every UNet weight, else a LoRA on
     the attention projections; ``rwr_samples`` images per prompt and temperature ``rwr_beta`` for ``--method
     rwr``; for ``--method raft``, ``rwr_samples`` images per training prompt at ``raft_guidance``, the best by
@@ -69,6 +70,7 @@ class RewardTrainConfig:
     seed: int = 0
     guidance: list = field(default_factory=lambda: [1.0, 3.0])
     sample_steps: int = 20
+    sample_eta: float = 0.0
     grad_steps: int = 1
     grad_checkpoint: bool = False
     anchor: float = 0.0
@@ -126,6 +128,8 @@ class RewardTrainConfig:
         _finite(self.raft_guidance, "--raft-guidance", 0)
         if not 0 <= _finite(self.p_uncond, "--p-uncond", 0) < 1:
             raise ClipstudioError(f"--p-uncond must be below 1, got {self.p_uncond}")
+        if not 0 <= _finite(self.sample_eta, "--sample-eta", 0) <= 1:
+            raise ClipstudioError(f"--sample-eta must be in [0, 1], got {self.sample_eta}")
         if not 0 <= _finite(self.ema_decay, "--ema-decay", 0) < 1:
             raise ClipstudioError(f"--ema-decay must be below 1, got {self.ema_decay}")
         _finite(self.curve_guidance, "--curve-guidance", 0)
@@ -394,16 +398,18 @@ def list_rewards() -> list[str]:
 # --------------------------------------------------------------------------- sampling and the two methods
 
 def sample_latents(parts: ShapesParts, prompts: Sequence[str], guidance: float, steps: int, noise: torch.Tensor,
-                   grad_steps: int = 0, checkpoint: bool = False) -> torch.Tensor:
-    """DDIM (eta=0, trailing timesteps, as the CFG backend) x_0 latents for ``prompts`` from ``noise``; gradients
-    flow through the last ``grad_steps`` steps when grad mode is on (DRaFT-K)."""
+                   grad_steps: int = 0, checkpoint: bool = False, eta: float = 0.0,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """DDIM (trailing timesteps, as the CFG backend; ``eta`` 1 ancestral, its noise from ``generator``) x_0
+    latents for ``prompts`` from ``noise``; gradients flow through the last ``grad_steps`` steps when grad mode
+    is on (DRaFT-K)."""
     from clipstudio.diffusion import reward as R
     emb = parts.text(list(prompts) + [""])
     cond, uncond = emb[:-1], emb[-1:]
     guided = R.guided_model(parts.unet_fn, cond, uncond, float(guidance))
     fn = R.eps_model(guided, parts.alphas_cumprod, parts.prediction)
     ts = R.trailing_timesteps(len(parts.alphas_cumprod), steps)
-    return R.ddim_sample_draft(fn, noise, ts, parts.alphas_cumprod, grad_steps, checkpoint)
+    return R.ddim_sample_draft(fn, noise, ts, parts.alphas_cumprod, grad_steps, checkpoint, eta, generator)
 
 
 def step_draw(config: RewardTrainConfig, step: int, prompts: Sequence[str]) -> tuple[list[str], float, torch.Generator]:
@@ -421,7 +427,8 @@ def draft_objective(parts: ShapesParts, config: RewardTrainConfig, reward_fn: Ca
     from clipstudio.diffusion.reward import draft_loss
     chosen, guidance, gen = step_draw(config, step, prompts)
     noise = torch.randn((len(chosen),) + parts.sample_shape, generator=gen)
-    z = sample_latents(parts, chosen, guidance, config.sample_steps, noise, config.grad_steps, config.grad_checkpoint)
+    z = sample_latents(parts, chosen, guidance, config.sample_steps, noise, config.grad_steps, config.grad_checkpoint,
+                       config.sample_eta, gen)
     loss, rewards = draft_loss(parts.decode(z), chosen, reward_fn)
     return loss, rewards, guidance
 
@@ -739,8 +746,8 @@ def _start_run(config: RewardTrainConfig) -> _Run:
 
 
 RESUME_KEYS = ("method", "reward", "seed", "batch", "lora_rank", "guidance", "sample_steps", "grad_steps",
-               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond", "ema_decay", "kl_weight", "kl_reference")
-RESUME_DEFAULTS = {"ema_decay": 0.0, "kl_weight": 0.0}  # keys a state of an older version lacks
+               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond", "ema_decay", "kl_weight", "kl_reference", "sample_eta")
+RESUME_DEFAULTS = {"ema_decay": 0.0, "kl_weight": 0.0, "sample_eta": 0.0}  # keys a state of an older version lacks
 
 
 def _restore(run: _Run, st: dict) -> None:
