@@ -35,7 +35,7 @@ HELPS = {
                  "free-colour captions and the reference's own samples of them (keeps the colours it leaves free)",
     "kl_reference": "the KL term's reference: a checkpoint file or an embedded model (None: the starting model)",
     "default_sampler": "the sampler the shipped checkpoint names as its default, for diffuse, eval and compare "
-                       "(None: the starting model's; training always samples with DDIM)",
+                       "(None: the starting model's; it does not change the training)",
     "train_prompts": "size of the training prompt set (prompt_set seed 2026, evaluation prompts removed)",
     "eval_every": "measure the held-out curve every this many steps",
     "curve_prompts": "held-out curve prompts (prompt_set seed 4242, evaluation and training prompts removed)",

@@ -49,14 +49,15 @@ class RewardTrainConfig:
     """Every setting of a reward fine-tuning run, with its default (the command's options derive from it).
 
     ``guidance`` lists the CFG weights a step draws from; ``grad_steps`` is DRaFT's K; ``sample_eta`` the
-    stochasticity of DRaFT's training samples (DDIM's eta: 0 deterministic, 1 ancestral as DDPM); ``anchor`` weighs the L2
-    pull to the starting weights (sum of squares); ``lora_rank`` 0 fine-tunes every UNet weight, else a LoRA on
-    the attention projections; ``rwr_samples`` images per prompt and temperature ``rwr_beta`` for ``--method
-    rwr``; for ``--method raft``, ``rwr_samples`` images per training prompt at ``raft_guidance``, the best by
-    the reward kept (OUT.raft.pt) and regressed on, the caption dropped with probability ``p_uncond``; every ``eval_every`` steps the curve is measured on ``curve_prompts`` held-out prompts at
-    ``curve_guidance`` with ``curve_steps`` DDIM steps (diversity over ``diversity_seeds`` seeds of the first
-    ``diversity_prompts`` of them and the free-colour prompt). ``default_sampler`` is written into the shipped
-    checkpoint as the sampler it is used with unless told otherwise (None: the starting model's). ``max_minutes`` is wall-clock time of this
+    stochasticity of DRaFT's training samples (DDIM's eta: 0 deterministic, 1 ancestral as DDPM); ``anchor`` weighs
+    the L2 pull to the starting weights (sum of squares); ``lora_rank`` 0 fine-tunes every UNet weight, else a LoRA
+    on the attention projections; ``rwr_samples`` images per prompt and temperature ``rwr_beta`` for ``--method
+    rwr``; for ``--method raft``, ``rwr_samples`` images per training prompt at ``raft_guidance``, the best by the
+    reward kept (OUT.raft.pt) and regressed on, the caption dropped with probability ``p_uncond``; every
+    ``eval_every`` steps the curve is measured on ``curve_prompts`` held-out prompts at ``curve_guidance`` with
+    ``curve_steps`` DDIM steps (diversity over ``diversity_seeds`` seeds of the first ``diversity_prompts`` of them
+    and the free-colour prompt). ``default_sampler`` is written into the shipped checkpoint as the sampler it is
+    used with unless told otherwise (None: the starting model's). ``max_minutes`` is wall-clock time of this
     invocation, curve points included; ``stop_after`` a step. ``state`` defaults to OUT.state, ``curve`` to
     OUT.curve.json; the best curve point (check pass rate, then guide reward) is also written to OUT.best.pt.
     """
@@ -746,7 +747,8 @@ def _start_run(config: RewardTrainConfig) -> _Run:
 
 
 RESUME_KEYS = ("method", "reward", "seed", "batch", "lora_rank", "guidance", "sample_steps", "grad_steps",
-               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond", "ema_decay", "kl_weight", "kl_reference", "sample_eta")
+               "train_prompts", "rwr_samples", "raft_guidance", "p_uncond", "ema_decay", "kl_weight", "kl_reference",
+               "sample_eta")
 RESUME_DEFAULTS = {"ema_decay": 0.0, "kl_weight": 0.0, "sample_eta": 0.0}  # keys a state of an older version lacks
 
 
