@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .config import GenerateConfig
-from .devices import autocast, resolve_device
+from .devices import autocast, native_precision, resolve_device
 from .generators.base import clamp_with_grad
 from .guide.cutouts import CLASSIC_AUGMENTS
 from .studio import Studio, validate_config
@@ -172,7 +172,17 @@ def describe(config: GenerateConfig) -> dict[str, Any]:
             "cut_mode": config.cut_mode, "augments": list(config.augments), "dtype": config.dtype,
             "channels_last": config.channels_last,
             "fast_augments": config.fast_augments, "batched_draw": config.batched_draw,
-            "fused_optimizer": config.fused_optimizer, "device": str(resolve_device(config.device)), "threads": torch.get_num_threads()}
+            "fused_optimizer": config.fused_optimizer, **machine(resolve_device(config.device), config.dtype)}
+
+
+def machine(device: torch.device, dtype: str = "float32") -> dict[str, Any]:
+    """Where a benchmark ran: the device, torch's threads, and on a CPU its vector instruction set and whether
+    it computes ``dtype`` natively (emulated bfloat16 is slower than float32, native bfloat16 faster)."""
+    facts: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cpu":
+        facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        facts["native_dtype"] = native_precision(dtype)
+    return facts
 
 
 def floor_jobs(studio: Studio) -> dict[str, Callable[[], None]]:
@@ -377,9 +387,9 @@ def bench_diffuse(model: str | None = None, steps: int = 20, n: int = 1, repeat:
     samples = interleaved(timer, {"sample": sample, "unet": unet_call}, repeat, warmup)
     samples["step"] = [s / steps for s in samples.pop("sample")]
     memory, kind = peak_memory(dev)
+    dtype_name = str(dtype).replace("torch.", "")
     settings = {"model": model, "sampler": backend.default_sampler, "steps": steps, "n": n,
-                "guidance": backend.default_guidance, "device": str(dev), "dtype": str(dtype).replace("torch.", ""),
-                "threads": torch.get_num_threads()}
+                "guidance": backend.default_guidance, "dtype": dtype_name, **machine(dev, dtype_name)}
     return BenchResult(backend="diffuse", settings=settings, step_s=statistics.median(samples["step"]),
                        floor_s=statistics.median(samples["unet"]), peak_memory_mb=memory, memory=kind,
                        repeat=repeat, clock=timer.clock, samples=samples)

@@ -8,6 +8,7 @@ import warnings
 
 from .commands import command_modules
 from .errors import ClipstudioError
+from .resources import keep_freed_memory
 
 EXIT_USAGE = 2
 
@@ -40,6 +41,7 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _one_line_warnings()
+    keep_freed_memory()  # the CLI owns its process: steps reuse freed pages instead of faulting in new ones
     args = parse_command_line(argv)
     try:
         return int(args.run(args) or 0)

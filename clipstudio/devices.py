@@ -2,6 +2,9 @@
 device-neutral."""
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 
 from .errors import ClipstudioError
@@ -47,13 +50,36 @@ def resolve_dtype(name: "str | torch.dtype") -> torch.dtype:
 
 def autocast(device: torch.device, dtype: str = "float32"):
     """A context that runs the forward passes inside it in ``dtype`` (mixed precision), or a no-op for float32
-    and for devices whose autocast does not support that dtype (then the run stays float32)."""
+    and for devices whose autocast does not support that dtype (then the run stays float32). On a CPU that
+    would only emulate ``dtype`` it says so once: the run then goes slower than in float32, not faster."""
     import contextlib
 
     wanted = resolve_dtype(dtype)
     if wanted == torch.float32 or not torch.amp.is_autocast_available(device.type):
         return contextlib.nullcontext()
+    if device.type == "cpu" and not native_precision(wanted):
+        _warn_emulated(str(wanted).replace("torch.", ""))
     return torch.autocast(device.type, dtype=wanted)
+
+
+# torch's private probes of the CPU's instruction sets (False where a torch release drops one).
+_NATIVE_CPU_PROBES = {torch.bfloat16: ("_is_amx_tile_supported", "_is_avx512_bf16_supported"),
+                      torch.float16: ("_is_amx_fp16_supported",)}
+
+
+def native_precision(dtype: "str | torch.dtype") -> bool:
+    """Whether this CPU computes ``dtype`` natively: bfloat16 with AVX512-BF16 or AMX tiles, float16 with AMX-FP16
+    (float32 always). Elsewhere oneDNN emulates it, and autocast in it runs slower than float32."""
+    wanted = resolve_dtype(dtype)
+    if wanted == torch.float32:
+        return True
+    return any(getattr(torch.cpu, name, lambda: False)() for name in _NATIVE_CPU_PROBES.get(wanted, ()))
+
+
+@functools.cache
+def _warn_emulated(dtype: str) -> None:
+    warnings.warn(f"this CPU has no native {dtype} (AVX512-BF16 or AMX): autocast in {dtype} is emulated and "
+                  f"slower than float32 here")
 
 
 # --- RNG states, saved device-neutral ---------------------------------------------------------------------

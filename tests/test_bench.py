@@ -38,6 +38,8 @@ def test_generate_bench_json_schema(tiny_clip, capsys):
     assert settings["generator"] == "pixels" and settings["clip"] == [tiny_clip] and settings["size"] == [32, 32]
     assert settings["cutn"] == 3 and settings["dtype"] == "float32" and settings["device"] == "cpu"
     assert {"augments", "cut_mode", "channels_last", "threads"} <= set(settings)
+    assert settings["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert settings["native_dtype"] is True  # float32 is native everywhere
     assert "plain_step_s" not in data  # only the classic preset runs the plain loop
 
 
@@ -125,6 +127,7 @@ def test_diffuse_bench_json_schema(capsys):
     data = bench_json(["--backend", "diffuse", "--diffusion-steps", "2"], capsys)
     check_schema(data, benchmark.DIFFUSE_KEYS)
     assert data["backend"] == "diffuse" and data["settings"]["steps"] == 2
+    assert {"device", "threads", "cpu_capability", "native_dtype"} <= set(data["settings"])
     assert set(data["samples"]) == {"step", "unet"}
 
 

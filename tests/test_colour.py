@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clipstudio.guide.colour import LinearColourJitter, apply_colour_matrices, colour_matrices
+from clipstudio.guide.colour import LinearColourJitter, apply_colour_matrices, clamp_unit, colour_matrices
 from clipstudio.guide.cutouts import AUGMENTS
 
 YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
@@ -103,3 +103,18 @@ def test_gradient_of_the_colour_map():
     matrix = colour_matrices(params)
     image = (0.2 + 0.6 * torch.rand(3, 3, 4, 4, dtype=torch.float64)).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: apply_colour_matrices(x, matrix), (image,))
+
+
+def test_clamp_unit_has_clamps_values_and_gradient():
+    """The fast clamp gives torch's clamp values and autograd gradient exactly, the bounds and the float32
+    values beside them included (autograd passes the gradient strictly inside (0, 1))."""
+    edges = torch.tensor([0.0, -0.0, 1.0, 1e-45, -1e-45, 1 - 6e-8, 1 + 1.2e-7, 3e-38, -0.2, 1.3, 0.5])
+    x = torch.cat([edges, torch.randn(3000) * 0.7 + 0.5])
+    grad = torch.randn_like(x)
+    ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ours, out_theirs = clamp_unit(ours), theirs.clamp(0, 1)
+    out_ours.backward(grad), out_theirs.backward(grad)
+    assert torch.equal(out_ours, out_theirs) and torch.equal(ours.grad, theirs.grad)
+    assert ours.grad[:3].abs().sum() == 0 and ours.grad[-1] == grad[-1]  # no gradient on the bounds themselves
+    with torch.no_grad():
+        assert torch.equal(clamp_unit(x), x.clamp(0, 1))

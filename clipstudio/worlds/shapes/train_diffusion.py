@@ -38,6 +38,7 @@ import torch
 from clipstudio import weights
 from clipstudio.checkpoints import load_checkpoint, require_keys
 from clipstudio.config import MAX_LR, SEED_MAX, check_numbers
+from clipstudio.devices import native_precision
 from clipstudio.errors import ClipstudioError
 from clipstudio.images import atomic_torch_save, atomic_write
 from clipstudio.schedules import lr_factor
@@ -159,9 +160,8 @@ def dataset_scenes(seed: int, n: int) -> list:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16); torch's private probes, False if gone."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16)."""
+    return native_precision(torch.bfloat16)
 
 
 def encode_dataset(scenes: Sequence, encoder: torch.nn.Module, path: str | os.PathLike, fingerprint: dict,
