@@ -1,0 +1,63 @@
+"""Frozen guides fold their BatchNorms into the convolutions before them (issue 15): the same function and input
+gradient to float32 rounding, and only where the forward applies one straight to the other."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipstudio.guide.clip import ClipGuide, create_clip_model, fold_batch_norms
+
+
+def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial statistics and affine parameters (fresh BatchNorms are the identity, which folds trivially)."""
+    generator = torch.Generator().manual_seed(seed)
+    for bn in model.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=generator) * 0.5)
+            bn.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            bn.weight.data.copy_(torch.randn(n, generator=generator))
+            bn.bias.data.copy_(torch.randn(n, generator=generator))
+    return model
+
+
+def count(model: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+def test_modified_resnet_folds_every_batch_norm_and_keeps_its_function():
+    model, _ = create_clip_model("shapes-guide")
+    model = randomize_batch_norms(model.eval())
+    reference = randomize_batch_norms(create_clip_model("shapes-guide")[0].eval())
+    assert count(model, nn.BatchNorm2d) == 19
+    fold_batch_norms(model)
+    assert count(model, nn.BatchNorm2d) == 0
+    x = torch.rand(4, 3, 32, 32)
+    x_ref, x_ours = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ref, out_ours = reference.encode_image(x_ref), model.encode_image(x_ours)
+    torch.testing.assert_close(out_ours, out_ref, rtol=1e-4, atol=1e-4)
+    out_ref.square().sum().backward(), out_ours.square().sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_only_adjacent_eval_pairs_in_a_sequential_fold():
+    torch.manual_seed(0)
+    adjacent = randomize_batch_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())).eval()
+    apart = randomize_batch_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4))).eval()
+    training = randomize_batch_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))  # train mode
+    x = torch.randn(2, 3, 8, 8)
+    before = adjacent(x)
+    fold_batch_norms(adjacent)
+    assert count(adjacent, nn.BatchNorm2d) == 0 and isinstance(adjacent[1], nn.Identity)
+    torch.testing.assert_close(adjacent(x), before, rtol=1e-5, atol=1e-5)
+    assert count(fold_batch_norms(apart), nn.BatchNorm2d) == 1  # a ReLU between: not one affine map
+    assert count(fold_batch_norms(training), nn.BatchNorm2d) == 1  # batch statistics: nothing to fold
+
+
+def test_frozen_guides_fold_and_trained_ones_do_not():
+    model, tokenizer = create_clip_model("shapes-guide")
+    trained = ClipGuide.from_open_clip("shapes-guide", model, tokenizer, freeze=False)
+    assert count(trained.model, nn.BatchNorm2d) == 19
+    frozen = ClipGuide.from_open_clip("shapes-guide", *create_clip_model("shapes-guide"))
+    assert count(frozen.model, nn.BatchNorm2d) == 0
+    assert not any(p.requires_grad for p in frozen.model.parameters())
