@@ -230,7 +230,47 @@ class ClipGuide(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings of NCHW [0, 1] images already at ``image_size`` (differentiable)."""
-        return nn.functional.normalize(self.model.encode_image(self.normalize(images)).float(), dim=-1)
+        inputs = self.normalize(images)
+        visual = getattr(self.model, "visual", None)
+        if class_token_only(visual):
+            features = class_token_features(visual, inputs)
+        else:
+            features = self.model.encode_image(inputs)
+        return nn.functional.normalize(features.float(), dim=-1)
+
+
+def class_token_only(visual: nn.Module | None) -> bool:
+    """Whether ``visual`` is an open_clip VisionTransformer whose embedding is its class token's (no attention
+    pooling, no tokens returned, plain pre-norm blocks, batch-first), so that :func:`class_token_features`
+    computes it."""
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+    if (type(visual) is not VisionTransformer or visual.attn_pool is not None or visual.output_tokens
+            or not hasattr(visual, "_embeds")):
+        return False
+    transformer = visual.transformer
+    blocks = getattr(transformer, "resblocks", [])
+    return (getattr(visual, "pool_type", None) == "tok" and getattr(transformer, "batch_first", False)
+            and not transformer.grad_checkpointing and len(blocks) > 0
+            and type(blocks[-1]) is ResidualAttentionBlock and not hasattr(blocks[-1], "ln_1_kv"))
+
+
+def class_token_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``visual(images)`` computing only what the class token needs in the last block (Dosovitskiy et al.
+    2021, ViT: the embedding is the class token's): every token's keys and values, but the class token's query,
+    attention output and MLP alone. The same values to float32 rounding; for ViT-B-32's 50 tokens the last block
+    costs a fifth of the others: ViT-B-32's forward+backward on 32 cutouts, 5% less time. Call it where
+    :func:`class_token_only` holds."""
+    x = visual._embeds(images)  # (N, tokens, width): patches, class token first, positions, ln_pre
+    blocks = visual.transformer.resblocks
+    for block in blocks[:-1]:
+        x = block(x)
+    last, normed = blocks[-1], blocks[-1].ln_1(x)
+    token = x[:, :1]
+    token = token + last.ls_1(last.attention(q_x=normed[:, :1], k_x=normed, v_x=normed))
+    token = token + last.ls_2(last.mlp(last.ln_2(token)))
+    pooled = visual.ln_post(token[:, 0])  # LayerNorm is per token, so before or after picking it is the same
+    return pooled @ visual.proj if visual.proj is not None else pooled
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:

@@ -1,11 +1,14 @@
-"""Frozen guides fold their BatchNorms into the convolutions before them (issue 15): the same function and input
-gradient to float32 rounding, and only where the forward applies one straight to the other."""
+"""Guides' exact speed-ups (issue 15): frozen guides fold their BatchNorms into the convolutions before them,
+and ViT towers compute their last block for the class token only; the same function and input gradient to
+float32 rounding, and only where the model's layout allows it."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from clipstudio.guide.clip import ClipGuide, create_clip_model, fold_batch_norms
+from clipstudio.guide.clip import (ClipGuide, class_token_features, class_token_only, create_clip_model,
+                                   fold_batch_norms)
 
 
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -61,3 +64,28 @@ def test_frozen_guides_fold_and_trained_ones_do_not():
     frozen = ClipGuide.from_open_clip("shapes-guide", *create_clip_model("shapes-guide"))
     assert count(frozen.model, nn.BatchNorm2d) == 0
     assert not any(p.requires_grad for p in frozen.model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["clipstudio-test-tiny", "ViT-B-32"])
+def test_class_token_path_gives_the_towers_embedding_and_gradient(arch, tiny_clip):
+    """Guides compute a ViT's last block for its class token only: the tower's own output and input gradient to
+    float32 rounding (random weights of the real architecture, and the tests' tiny ViT)."""
+    model, _ = create_clip_model(f"{arch}:random")
+    visual = model.eval().visual
+    assert class_token_only(visual)
+    torch.manual_seed(0)
+    size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+    x = torch.randn(3, 3, size, size)
+    x_ref, x_ours = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ref, out_ours = visual(x_ref), class_token_features(visual, x_ours)
+    torch.testing.assert_close(out_ours, out_ref, rtol=1e-5, atol=1e-5)
+    out_ref.square().sum().backward(), out_ours.square().sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_class_token_path_is_only_taken_for_class_token_towers():
+    resnet, _ = create_clip_model("shapes-guide")
+    assert not class_token_only(resnet.visual) and not class_token_only(None)
+    vit, _ = create_clip_model("clipstudio-test-tiny:random")
+    vit.visual.output_tokens = True  # a tower asked for its tokens runs open_clip's own forward
+    assert not class_token_only(vit.visual)
