@@ -89,3 +89,12 @@ def test_class_token_path_is_only_taken_for_class_token_towers():
     vit, _ = create_clip_model("clipstudio-test-tiny:random")
     vit.visual.output_tokens = True  # a tower asked for its tokens runs open_clip's own forward
     assert not class_token_only(vit.visual)
+
+
+def test_a_vit_guide_takes_the_class_token_path_and_matches_open_clip(tiny_clip):
+    model, tokenizer = create_clip_model(tiny_clip)
+    guide = ClipGuide.from_open_clip(tiny_clip, model, tokenizer)
+    assert guide._class_token_only
+    images = torch.rand(2, 3, guide.image_size, guide.image_size)
+    expected = nn.functional.normalize(guide.model.encode_image(guide.normalize(images)), dim=-1)
+    torch.testing.assert_close(guide.encode_image(images), expected, rtol=1e-5, atol=1e-6)
