@@ -188,3 +188,22 @@ def test_keep_freed_memory_reuses_pages_and_can_be_turned_off(monkeypatch):
         step()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     assert sum(faults[4:]) < 5000, faults  # once the heap has settled; 170 000 with the defaults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc_trim is glibc's")
+def test_release_freed_memory_hands_freed_heap_back():
+    """What a search freed stays in the process until ``release_freed_memory`` gives it back (the live loop calls
+    it after each search); the blocks here are kept by ``keep_freed_memory``'s settings, as in the CLI."""
+    from clipstudio.resources import keep_freed_memory, release_freed_memory
+
+    def rss_mb() -> float:
+        return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+
+    assert keep_freed_memory()
+    blocks = [torch.ones(1 << 19) for _ in range(128)]  # 128 blocks of 2 MiB, touched
+    assert sum(float(b[0]) for b in blocks) == 128
+    del blocks
+    kept = rss_mb()
+    assert release_freed_memory()
+    assert kept - rss_mb() > 128  # of the 256 MiB freed

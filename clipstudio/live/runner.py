@@ -22,6 +22,7 @@ from .._version import __version__
 from ..config import GenerateConfig
 from ..errors import ClipstudioError
 from ..guide.prompts import Prompt
+from ..resources import release_freed_memory
 from ..studio import Studio
 from .playlist import Item, Playlist, PlaylistWatcher, blend, load_playlist
 from .prompt_queue import PromptQueue
@@ -200,6 +201,7 @@ class LiveRunner:
         previous = list(self.applied or [])
         if not same_model(self.studio.config, item.config()):
             self.studio, previous = self._build(item), []
+            release_freed_memory()  # the previous item's models and activations
         else:
             self.studio.config = dataclasses.replace(self.studio.config, lr=item.config().lr)
         passes = self.position.passes if self.position else 0
@@ -284,6 +286,7 @@ class LiveRunner:
         self._beat(force=True)
         began = time.monotonic()
         loss = self.studio.search(config.search, config.search_restarts)
+        release_freed_memory()  # the search's large batches are done with; a run of weeks must not grow
         if math.isfinite(loss):  # inf: the generator has no choices
             self.log.info("step %d: searched the choices for '%s' (loss %.4g, %.1f s)", self.total,
                           position.item.prompt, loss, time.monotonic() - began)
