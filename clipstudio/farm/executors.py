@@ -12,6 +12,7 @@ from multiprocessing.connection import wait as wait_ready
 from typing import Any, Protocol
 
 from ..errors import ClipstudioError, missing_extra
+from ..resources import release_freed_memory
 from .backends import execute
 
 Event = tuple[int, dict[str, Any] | None]
@@ -48,6 +49,7 @@ def _local_worker(conn: Any, threads: int) -> None:
         if job is None:
             return
         conn.send(execute(job))
+        release_freed_memory()  # a pool process lives for the whole farm: one job's memory must not stay
 
 
 class LocalPool:
