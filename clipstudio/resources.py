@@ -164,15 +164,11 @@ def keep_freed_memory() -> bool:
     Linux with glibc only (elsewhere nothing changes); ``CLIPSTUDIO_KEEP_FREED_MEMORY=0`` turns it off. Returns
     whether the settings took.
     """
-    if os.environ.get("CLIPSTUDIO_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
     import ctypes
 
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None or os.environ.get("CLIPSTUDIO_KEEP_FREED_MEMORY", "1") == "0":
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE))
 
 
@@ -182,13 +178,21 @@ def release_freed_memory() -> bool:
     search after another (a live installation's items) grew by about 7 MB an item, 992 -> 1127 MB over 20 items
     of the shapes world (issue 15's soak); trimmed after each search it stayed at 870-905 MB. Returns whether
     anything was released; False where there is no ``malloc_trim`` (not glibc)."""
+    import ctypes
+
+    trim = _libc_function("malloc_trim", [ctypes.c_size_t])
+    return trim is not None and bool(trim(0))
+
+
+def _libc_function(name: str, argtypes: list):
+    """The process's own C library function ``name`` returning an int, on Linux; None elsewhere or if absent."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
 
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return bool(trim(0))
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function
