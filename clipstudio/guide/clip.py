@@ -245,13 +245,13 @@ def class_token_only(visual: nn.Module | None) -> bool:
     computes it."""
     from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
-    if (type(visual) is not VisionTransformer or visual.attn_pool is not None or visual.output_tokens
-            or not hasattr(visual, "_embeds")):
+    if (type(visual) is not VisionTransformer or not hasattr(visual, "_embeds")  # older open_clip: its forward
+            or getattr(visual, "attn_pool", None) is not None or getattr(visual, "output_tokens", True)):
         return False
     transformer = visual.transformer
     blocks = getattr(transformer, "resblocks", [])
     return (getattr(visual, "pool_type", None) == "tok" and getattr(transformer, "batch_first", False)
-            and not transformer.grad_checkpointing and len(blocks) > 0
+            and not getattr(transformer, "grad_checkpointing", True) and len(blocks) > 0
             and type(blocks[-1]) is ResidualAttentionBlock and not hasattr(blocks[-1], "ln_1_kv"))
 
 
