@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clipstudio.guide.cutouts import AUGMENTS, Cutouts, list_augments
-from clipstudio.guide.fast_augments import adjust_hue, affine_matrix, apply_augment, has_fast_path, warp
+from clipstudio.guide.fast_augments import adjust_hue, affine_matrix, apply_augment, crop_resize, has_fast_path, warp
 
 
 def _value_and_grad(fn, image, weights):
@@ -82,6 +82,29 @@ def test_identity_warp_returns_the_image(align_corners):
     image = torch.rand(2, 3, 9, 11)
     out = warp(image, torch.eye(3).expand(2, 3, 3), "zeros", align_corners)
     assert torch.allclose(out, image, atol=1e-5)
+
+
+@pytest.mark.parametrize("images", [1, 3])
+def test_crop_resize_gives_kornias_crops_and_gradients(images):
+    from kornia.geometry.transform import crop_and_resize
+
+    torch.manual_seed(5)
+    image, crops = torch.rand(images, 3, 30, 40), 4
+    side = 30 * (0.2 + 0.8 * torch.rand(images * crops))
+    x0, y0 = torch.rand_like(side) * (40 - side), torch.rand_like(side) * (30 - side)
+    x1, y1 = x0 + side - 1, y0 + side - 1
+    boxes = torch.stack([x0, y0, x1, y0, x1, y1, x0, y1], 1).view(-1, 4, 2)
+    weights = torch.rand(images * crops, 3, 12, 16)
+    want, want_grad = _value_and_grad(lambda x: crop_and_resize(x.repeat_interleave(crops, 0), boxes, (12, 16),
+                                                                padding_mode="border"), image, weights)
+    got, got_grad = _value_and_grad(lambda x: crop_resize(x, boxes, (12, 16)), image, weights)
+    assert torch.allclose(got, want, atol=5e-5), (got - want).abs().max()
+    assert torch.allclose(got_grad, want_grad, atol=5e-4), (got_grad - want_grad).abs().max()
+
+
+def test_crop_resize_leaves_tilted_boxes_to_kornia():
+    boxes = torch.tensor([[[0.0, 0.0], [9.0, 1.0], [8.0, 10.0], [-1.0, 9.0]]])
+    assert crop_resize(torch.rand(1, 3, 12, 12), boxes, (8, 8)) is None
 
 
 def test_fast_and_kornia_cutouts_agree_and_replay_exactly():

@@ -16,7 +16,7 @@ from ..config import CUT_MODES  # a random square crop resized to the guide's in
 from ..errors import ClipstudioError
 from .augment_draw import draw_augment_params, plan_for, uniform_count
 from .colour import clamp_unit
-from .fast_augments import apply_augment
+from .fast_augments import apply_augment, crop_resize
 
 # Augmentation registry: name -> factory of a kornia augmentation. Flips are absent on purpose:
 # they would swap "left" and "right" in the prompt's meaning.
@@ -165,7 +165,7 @@ class Cutouts(nn.Module):
     def _cut(self, image: torch.Tensor, params: CutoutParams) -> torch.Tensor:
         if image.shape[0] > 1:
             params = params.tiled(image.shape[0])
-        cuts = self._views(image, params.boxes.to(image.device), params.same_view)
+        cuts = self._views(image, params.boxes, params.same_view)
         for aug, aug_params in zip(self.augments, params.augment):
             cuts = apply_augment(aug, cuts, aug_params) if self.fast else aug(cuts, params=aug_params)
         return clamp_unit(cuts + params.noise.to(image.device))
@@ -182,8 +182,11 @@ class Cutouts(nn.Module):
             # that box samples the points of an align_corners bilinear resize, which is one kernel, not a warp.
             once = nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=True)
             return once.repeat_interleave(self.cutn, dim=0)
+        crops = crop_resize(image, boxes, size, padding_mode="border") if self.fast else None
+        if crops is not None:
+            return crops
         batch = image.repeat_interleave(self.cutn, dim=0)
-        return crop_and_resize(batch, boxes, size, padding_mode="border")
+        return crop_and_resize(batch, boxes.to(image.device), size, padding_mode="border")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Draw new parameters and apply them."""
