@@ -191,15 +191,14 @@ def box_maps(boxes: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndar
     return maps
 
 
-def sample_by_maps(image: torch.Tensor, maps: np.ndarray, size: tuple[int, int], padding_mode: str,
-                   affine: bool = True) -> torch.Tensor:
-    """Sample ``image`` (B, C, H, W) bilinearly at ``maps`` (B * k, 3, 3 float64: output pixel -> source pixel,
-    image-major, k per image) for an output of ``size``: one grid, made in NumPy, and one ``grid_sample``."""
+def sample_by_maps(image: torch.Tensor, maps: np.ndarray, size: tuple[int, int], padding_mode: str) -> torch.Tensor:
+    """Sample ``image`` (B, C, H, W) bilinearly at ``maps`` (B * k, 3, 3 float64 affine maps: output pixel ->
+    source pixel, image-major, k per image) for an output of ``size``: one grid, made in NumPy, and one
+    ``grid_sample``."""
     height, width = image.shape[-2:]
-    to_grid = np.array([[2.0 / max(width - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(height - 1, 1), -1.0], [0.0, 0.0, 1.0]])
-    mapped = (to_grid @ maps) @ _pixel_points(*size)  # (N, 3, h w): align_corners coordinates of the source
-    grid = mapped[:, :2] if affine else mapped[:, :2] / mapped[:, 2:]
-    grid = torch.from_numpy(np.ascontiguousarray(grid.transpose(0, 2, 1))).to(image.device, image.dtype)
+    to_grid = np.array([[2.0 / max(width - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(height - 1, 1), -1.0]])
+    mapped = (to_grid @ maps) @ _pixel_points(*size)  # (N, 2, h w): align_corners coordinates of the source
+    grid = torch.from_numpy(np.ascontiguousarray(mapped.transpose(0, 2, 1))).to(image.device, image.dtype)
     per_image = maps.shape[0] // image.shape[0]
     source = image.expand(per_image, -1, -1, -1) if image.shape[0] == 1 else image.repeat_interleave(per_image, 0)
     return nn.functional.grid_sample(source, grid.view(maps.shape[0], *size, 2), mode="bilinear",
