@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from clipstudio.guide.clip import (ClipGuide, class_token_features, class_token_only, create_clip_model,
-                                   fold_batch_norms)
+                                   fold_batch_norms, mean_token_features, mean_token_only)
 
 
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -94,7 +94,34 @@ def test_class_token_path_is_only_taken_for_class_token_towers():
 def test_a_vit_guide_takes_the_class_token_path_and_matches_open_clip(tiny_clip):
     model, tokenizer = create_clip_model(tiny_clip)
     guide = ClipGuide.from_open_clip(tiny_clip, model, tokenizer)
-    assert guide._class_token_only
+    assert guide._pooled_token_path is class_token_features
     images = torch.rand(2, 3, guide.image_size, guide.image_size)
     expected = nn.functional.normalize(guide.model.encode_image(guide.normalize(images)), dim=-1)
     torch.testing.assert_close(guide.encode_image(images), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["shapes-guide", "RN50:random"])
+def test_mean_token_path_gives_the_towers_embedding_and_gradient(arch):
+    """A ModifiedResNet's attention pool queries its mean token only: the tower's own output and input gradient to
+    float32 rounding (the shapes guide, whose pool sees one position, and RN50's 7x7)."""
+    model, _ = create_clip_model(arch)
+    visual = randomize_batch_norms(model.eval().visual)
+    assert mean_token_only(visual) and not class_token_only(visual)
+    torch.manual_seed(0)
+    size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+    x = torch.randn(2, 3, size, size)
+    x_ref, x_ours = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ref, out_ours = visual(x_ref), mean_token_features(visual, x_ours)
+    torch.testing.assert_close(out_ours, out_ref, rtol=1e-5, atol=1e-5)
+    out_ref.square().sum().backward(), out_ours.square().sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_resnet_guide_takes_the_mean_token_path_and_matches_open_clip():
+    guide = ClipGuide.from_open_clip("shapes-guide", *create_clip_model("shapes-guide"))
+    assert guide._pooled_token_path is mean_token_features
+    images = torch.rand(3, 3, guide.image_size, guide.image_size)
+    expected = nn.functional.normalize(guide.model.encode_image(guide.normalize(images)), dim=-1)
+    torch.testing.assert_close(guide.encode_image(images), expected, rtol=1e-5, atol=1e-6)
+    vit, _ = create_clip_model("clipstudio-test-tiny:random")
+    assert not mean_token_only(vit.visual) and not mean_token_only(None)

@@ -226,7 +226,18 @@ def test_search_with_restarts_is_seeded_and_runs_once(tiny_options):
     assert calls == [(1, 2)]  # before the first step only
 
 
-def test_restarts_in_lockstep_end_where_each_restart_alone_would(tiny_options, monkeypatch):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: how a matrix product splits its rows among threads can depend on the
+    batch size, and with two threads the same image judged in a batch of 9 or of 27 differs in the last float bit,
+    enough to flip a near tie of the search (these tests compare batchings, not BLAS's batch invariance)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_restarts_in_lockstep_end_where_each_restart_alone_would(tiny_options, monkeypatch, one_thread):
     """The restarts share their judgements' batches, not their states: each ends where a search from its
     start alone ends, and the best of them is kept."""
     studio = _search_studio(tiny_options, seed=3, generator_options={"palette": PALETTE, "count": 2})
@@ -254,7 +265,8 @@ def test_restarts_in_lockstep_end_where_each_restart_alone_would(tiny_options, m
     assert len({tuple(found) for _, found in alone}) > 1  # the restarts did end in different places
 
 
-def test_a_small_search_batch_judges_one_restart_at_a_time_and_ends_in_the_same_place(tiny_options, monkeypatch):
+def test_a_small_search_batch_judges_one_restart_at_a_time_and_ends_in_the_same_place(tiny_options, monkeypatch,
+                                                                                    one_thread):
     """Large images must not multiply the search's peak memory by the restarts: below the pixel budget each
     restart's options are judged alone, and the search ends where the shared batch ends."""
     studio = _search_studio(tiny_options, seed=3, generator_options={"palette": PALETTE, "count": 2})

@@ -8,7 +8,7 @@ import logging
 import os
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,7 +204,7 @@ class ClipGuide(nn.Module):
         self.model = fold_batch_norms(model.eval().requires_grad_(False)) if freeze else model
         self.tokenizer = tokenizer if isinstance(tokenizer, CachedTokenizer) else CachedTokenizer(tokenizer)
         self.image_size = image_size
-        self._class_token_only = class_token_only(getattr(self.model, "visual", None))  # the layout is fixed
+        self._pooled_token_path = pooled_token_path(getattr(self.model, "visual", None))  # the layout is fixed
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -232,8 +232,8 @@ class ClipGuide(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings of NCHW [0, 1] images already at ``image_size`` (differentiable)."""
         inputs = self.normalize(images)
-        if self._class_token_only:
-            features = class_token_features(self.model.visual, inputs)
+        if self._pooled_token_path is not None:
+            features = self._pooled_token_path(self.model.visual, inputs)
         else:
             features = self.model.encode_image(inputs)
         return nn.functional.normalize(features.float(), dim=-1)
@@ -271,6 +271,44 @@ def class_token_features(visual: nn.Module, images: torch.Tensor) -> torch.Tenso
     token = token + last.ls_2(last.mlp(last.ln_2(token)))
     pooled = visual.ln_post(token[:, 0])  # LayerNorm is per token, so before or after picking it is the same
     return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def mean_token_only(visual: nn.Module | None) -> bool:
+    """Whether ``visual`` is an open_clip ModifiedResNet whose embedding is its attention pool's mean token, with
+    the forward :func:`mean_token_features` computes (stem, four layers, attention pool)."""
+    from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
+
+    return (type(visual) is ModifiedResNet and type(getattr(visual, "attnpool", None)) is AttentionPool2d
+            and callable(getattr(visual, "stem", None)) and all(hasattr(visual, f"layer{i}") for i in range(1, 5)))
+
+
+def mean_token_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``visual(images)`` with the attention pool querying its mean token only (Radford et al. 2021, CLIP: the
+    embedding is the mean token's output; OpenAI's own AttentionPool2d queries ``x[:1]``), where open_clip's
+    queries every token and keeps the first: every token's keys and values, the mean token's query, attention
+    and output projection. The same values to float32 rounding. Call it where :func:`mean_token_only` holds."""
+    x = visual.stem(images)
+    x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+    pool = visual.attnpool
+    x = x.flatten(2).permute(2, 0, 1)  # NCHW -> (HW, N, C)
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + pool.positional_embedding[:, None, :].to(x.dtype)
+    out, _ = nn.functional.multi_head_attention_forward(
+        query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True, training=pool.training, need_weights=False)
+    return out[0]
+
+
+def pooled_token_path(visual: nn.Module | None) -> Callable[[nn.Module, torch.Tensor], torch.Tensor] | None:
+    """The function that computes ``visual``'s embedding for its pooled token alone (:func:`class_token_features`
+    for a ViT, :func:`mean_token_features` for a ModifiedResNet), or None where open_clip's forward must run."""
+    if class_token_only(visual):
+        return class_token_features
+    if mean_token_only(visual):
+        return mean_token_features
+    return None
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
