@@ -333,9 +333,7 @@ class Studio:
         for choice, generator in zip(choices, generators):
             before = choice.get()
             options = [o for o in range(choice.options) if choice.allowed(o)] or [before]
-            for option in options:
-                choice.set(option)
-                images.append(generator())
+            images.append(generator.render_options(choice, options))
             tried.append((options, before))
         totals = self._objective(torch.cat(images), params, cutter)[0]
         totals = torch.where(torch.isfinite(totals), totals, torch.full_like(totals, math.inf)).tolist()

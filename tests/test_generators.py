@@ -6,6 +6,7 @@ import torch
 
 from clipstudio.errors import ClipstudioError
 from clipstudio.generators import GENERATORS, build_generator, clamp_with_grad, list_generators
+from clipstudio.generators.base import Choice
 
 try:  # the latent generators' fixtures come with their tests
     from generator_fixtures import TINY_GENERATOR_OPTIONS
@@ -183,3 +184,37 @@ def test_primitives_with_a_palette_search_colours_kept_apart():
     by_name["shape0.colour"].set(hidden)
     image = gen()
     assert torch.allclose(image, image[:, :, :1, :1].expand_as(image))
+
+
+@pytest.mark.parametrize("options", [{"palette": PALETTE, "count": 2}, {"palette": "none", "count": 3},
+                                     {"palette": PALETTE, "count": 2, "anneal_steps": 10}])
+def test_primitives_render_every_option_at_once_as_forward_draws_each(options):
+    """The search's batched draw gives, for every choice, the images forward() gives one option at a time (bit for
+    bit with hard choices; to rounding while annealing, whose soft choices go through a batched product)."""
+    torch.manual_seed(2)
+    exact = "anneal_steps" not in options
+    for index in range(len(build_generator("primitives", (24, 16), **options).choices())):
+        torch.manual_seed(index)
+        gen = build_generator("primitives", (24, 16), **options)
+        choice = gen.choices()[index]
+        options_tried = list(range(choice.options))
+        state = {k: v.clone() for k, v in gen.state_dict().items()}
+        with torch.no_grad():
+            batched = gen.render_options(choice, options_tried)
+            gen.load_state_dict(state)
+            one_by_one = torch.cat([(choice.set(o), gen())[1] for o in options_tried])
+        assert batched.shape == (len(options_tried), 3, 16, 24), choice.name
+        if exact:
+            assert torch.equal(batched, one_by_one), choice.name
+        else:
+            torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-6)
+
+
+def test_the_default_render_options_sets_each_option_and_draws_it(tmp_path):
+    gen = build("pixels", {}, tmp_path)
+    calls = []
+    choice = Choice("probe", 3, lambda: calls[-1] if calls else 0, calls.append)
+    with torch.no_grad():
+        images = gen.render_options(choice, [2, 0, 1])
+    assert calls == [2, 0, 1] and images.shape == (3, 3, 16, 24)
+    assert torch.equal(images[0], gen()[0])

@@ -15,6 +15,9 @@ A generator is an ``nn.Module`` that holds trainable latent parameters and draws
   the studio may search them: it sets each option in turn, scores ``forward()`` with the loss, and keeps the
   best. The default returns no choices. The class attribute ``search_options`` names the options that only
   the search reads (its lattice, its costs): a run state saved after the search resumes when they differ.
+- ``render_options(choice, options)`` returns the images ``(len(options), 3, height, width)`` that ``forward()``
+  gives with ``choice`` set to each option in turn, leaving it at the last; the search calls it, without
+  gradients. The default does just that; a generator may draw them all at once.
 - ``set_image(image)`` (optional) puts an NCHW [0, 1] image (any size) into the latent, as an init image
   would start it: pixels directly, latent and VQGAN generators through their encoders. Animations use it to
   move the current image (zoom, pan, rotate) and continue from the moved one. It returns False when the
@@ -25,7 +28,7 @@ A generator is an ``nn.Module`` that holds trainable latent parameters and draws
   encoder gradient paints texture. The default returns None.
 
 The optimizer optimizes ``generator.parameters()`` that require grad, calls ``forward()``, ``post_step()``,
-``choices()`` and ``code()``, and nothing else. Frozen parts (decoders, codebooks) must have ``requires_grad=False``.
+``choices()``, ``render_options()`` and ``code()``, and nothing else. Frozen parts (decoders, codebooks) must have ``requires_grad=False``.
 """
 from __future__ import annotations
 
@@ -87,6 +90,15 @@ class Generator(nn.Module):
     def choices(self) -> list[Choice]:
         """The discrete choices the studio may search; none by default."""
         return []
+
+    def render_options(self, choice: Choice, options: list[int]) -> torch.Tensor:
+        """The image of each option of ``choice``, (len(options), 3, H, W): set in turn, ``forward()`` each (the
+        choice is left at the last option)."""
+        images = []
+        for option in options:
+            choice.set(option)
+            images.append(self())
+        return torch.cat(images)
 
     def code(self) -> LatentCode | None:
         """The latent the image is decoded from, for losses in its space; None (the default) if there is none."""

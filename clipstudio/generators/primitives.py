@@ -284,6 +284,49 @@ class PrimitivesGenerator(Generator):
         sdf = sum(w * sdf_fn(dx, dy, size) for w, sdf_fn in terms)
         return torch.sigmoid(-sdf * scale / self.edge)
 
+    # The parameters an image is drawn from, in the order :meth:`_draw` takes them.
+    _DRAWN_FROM = ("background", "colour", "position", "size_logit", "opacity", "shape_logits")
+
+    def render_options(self, choice: Choice, options: list[int]) -> torch.Tensor:
+        """Every option's image in one batched draw (the search's judgement, without gradients): each option's
+        parameters are copied as it is set, then :meth:`_draw` renders them all. The same images as ``forward()``
+        one option at a time (a hard choice weighs the shapes not chosen exactly 0, as a hidden shape's alpha
+        is), for one draw's small operations instead of one per option."""
+        if torch.is_grad_enabled():
+            return super().render_options(choice, options)
+        params = [getattr(self, name) for name in self._DRAWN_FROM]
+        states = []
+        for option in options:
+            choice.set(option)
+            states.append(torch.cat([p.reshape(-1) for p in params]))
+        stacked = torch.stack(states).split([p.numel() for p in params], dim=1)
+        return self._draw(*(state.reshape(len(options), *p.shape) for state, p in zip(stacked, params)))
+
+    def _draw(self, background: torch.Tensor, colour: torch.Tensor, position: torch.Tensor, size_logit: torch.Tensor,
+              opacity: torch.Tensor, shape_logits: torch.Tensor) -> torch.Tensor:
+        """``forward()``'s image for a batch of parameter states (each parameter with a leading batch dimension):
+        (N, 3, H, W)."""
+        n = background.shape[0]
+        if self.palette is None:
+            background_rgb, colours = torch.sigmoid(background), torch.sigmoid(colour)
+        else:
+            background_rgb, colours = self.choice(background) @ self.palette, self.choice(colour) @ self.palette
+        soft = torch.sigmoid(opacity)
+        alphas = (soft > 0.5).to(soft) + soft - soft.detach()
+        size = (MIN_SIZE + (MAX_SIZE - MIN_SIZE) * torch.sigmoid(size_logit))[..., None, None]
+        centre = torch.sigmoid(position)
+        scale = min(self.width, self.height)
+        dx = (self.grid_x - centre[..., 0, None, None]) * self.width / scale  # (N, count, H, W)
+        dy = (self.grid_y - centre[..., 1, None, None]) * self.height / scale
+        weights = self.choice(shape_logits)[..., None, None]  # (N, count, shape types, 1, 1)
+        sdf = sum(weights[:, :, kind] * sdf_fn(dx, dy, size) for kind, sdf_fn in enumerate(SDFS))
+        coverage = torch.sigmoid(-sdf * scale / self.edge)
+        image = background_rgb.view(n, 3, 1, 1).expand(n, 3, self.height, self.width)
+        for index in range(self.count):
+            a = (alphas[:, index, None, None] * coverage[:, index]).unsqueeze(1)
+            image = image * (1 - a) + colours[:, index].view(n, 3, 1, 1) * a
+        return image
+
     def forward(self) -> torch.Tensor:
         background, colours = self.colours()
         image = background.view(1, 3, 1, 1).expand(1, 3, self.height, self.width)
