@@ -210,11 +210,15 @@ def test_primitives_render_every_option_at_once_as_forward_draws_each(options):
             torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-6)
 
 
-def test_the_default_render_options_sets_each_option_and_draws_it(tmp_path):
-    gen = build("pixels", {}, tmp_path)
+@pytest.mark.parametrize("name,extra", list(cases()))
+def test_render_options_sets_each_option_in_turn_and_draws_forwards_image(name, extra, tmp_path):
+    """Every generator's render_options (the contract's default, or its own batched draw) sets the options in
+    the order given and returns forward()'s image for each."""
+    gen = build(name, extra, tmp_path)
     calls = []
-    choice = Choice("probe", 3, lambda: calls[-1] if calls else 0, calls.append)
+    choice = Choice("probe", 3, lambda: calls[-1] if calls else 0, calls.append)  # sets nothing in the generator
     with torch.no_grad():
         images = gen.render_options(choice, [2, 0, 1])
+        expected = gen()
     assert calls == [2, 0, 1] and images.shape == (3, 3, 16, 24)
-    assert torch.equal(images[0], gen()[0])
+    torch.testing.assert_close(images, expected.expand(3, -1, -1, -1), rtol=0, atol=1e-6)
