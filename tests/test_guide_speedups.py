@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from clipstudio.guide.clip import (ClipGuide, class_token_features, class_token_only, create_clip_model,
-                                   fold_batch_norms, mean_token_features, mean_token_only)
+                                   fold_batch_norms, mean_token_features, mean_token_only, pooled_token_path)
 
 
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -66,18 +66,21 @@ def test_frozen_guides_fold_and_trained_ones_do_not():
     assert not any(p.requires_grad for p in frozen.model.parameters())
 
 
-@pytest.mark.parametrize("arch", ["clipstudio-test-tiny", "ViT-B-32"])
-def test_class_token_path_gives_the_towers_embedding_and_gradient(arch, tiny_clip):
-    """Guides compute a ViT's last block for its class token only: the tower's own output and input gradient to
-    float32 rounding (random weights of the real architecture, and the tests' tiny ViT)."""
-    model, _ = create_clip_model(f"{arch}:random")
-    visual = model.eval().visual
-    assert class_token_only(visual)
+@pytest.mark.parametrize("arch,path", [("clipstudio-test-tiny:random", class_token_features),
+                                       ("ViT-B-32:random", class_token_features),
+                                       ("shapes-guide", mean_token_features), ("RN50:random", mean_token_features)])
+def test_pooled_token_paths_give_the_towers_embedding_and_gradient(arch, path, tiny_clip):
+    """Guides compute only what the pooled token needs: a ViT's last block for its class token, a ModifiedResNet's
+    attention pool for its mean token. The tower's own output and input gradient to float32 rounding (random
+    weights of the real architectures, the tests' tiny ViT, and the shapes guide, whose pool sees one position)."""
+    model, _ = create_clip_model(arch)
+    visual = randomize_batch_norms(model.eval().visual)
+    assert pooled_token_path(visual) is path
     torch.manual_seed(0)
     size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
     x = torch.randn(3, 3, size, size)
     x_ref, x_ours = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out_ref, out_ours = visual(x_ref), class_token_features(visual, x_ours)
+    out_ref, out_ours = visual(x_ref), path(visual, x_ours)
     torch.testing.assert_close(out_ours, out_ref, rtol=1e-5, atol=1e-5)
     out_ref.square().sum().backward(), out_ours.square().sum().backward()
     torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-4, atol=1e-6)
@@ -100,23 +103,6 @@ def test_a_vit_guide_takes_the_class_token_path_and_matches_open_clip(tiny_clip)
     torch.testing.assert_close(guide.encode_image(images), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["shapes-guide", "RN50:random"])
-def test_mean_token_path_gives_the_towers_embedding_and_gradient(arch):
-    """A ModifiedResNet's attention pool queries its mean token only: the tower's own output and input gradient to
-    float32 rounding (the shapes guide, whose pool sees one position, and RN50's 7x7)."""
-    model, _ = create_clip_model(arch)
-    visual = randomize_batch_norms(model.eval().visual)
-    assert mean_token_only(visual) and not class_token_only(visual)
-    torch.manual_seed(0)
-    size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
-    x = torch.randn(2, 3, size, size)
-    x_ref, x_ours = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out_ref, out_ours = visual(x_ref), mean_token_features(visual, x_ours)
-    torch.testing.assert_close(out_ours, out_ref, rtol=1e-5, atol=1e-5)
-    out_ref.square().sum().backward(), out_ours.square().sum().backward()
-    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-4, atol=1e-6)
-
-
 def test_a_resnet_guide_takes_the_mean_token_path_and_matches_open_clip():
     guide = ClipGuide.from_open_clip("shapes-guide", *create_clip_model("shapes-guide"))
     assert guide._pooled_token_path is mean_token_features
@@ -124,4 +110,4 @@ def test_a_resnet_guide_takes_the_mean_token_path_and_matches_open_clip():
     expected = nn.functional.normalize(guide.model.encode_image(guide.normalize(images)), dim=-1)
     torch.testing.assert_close(guide.encode_image(images), expected, rtol=1e-5, atol=1e-6)
     vit, _ = create_clip_model("clipstudio-test-tiny:random")
-    assert not mean_token_only(vit.visual) and not mean_token_only(None)
+    assert not mean_token_only(vit.visual) and not mean_token_only(None) and pooled_token_path(None) is None
