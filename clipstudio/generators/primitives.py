@@ -98,6 +98,18 @@ def parse_palette(spec: str | None) -> torch.Tensor | None:
     return torch.tensor(colours, dtype=torch.float32) / 255
 
 
+def _sizes(size_logit: torch.Tensor) -> torch.Tensor:
+    """Bounding-box sides, as fractions of the canvas side, of size logits (any shape)."""
+    return MIN_SIZE + (MAX_SIZE - MIN_SIZE) * torch.sigmoid(size_logit)
+
+
+def _hard_alphas(opacity: torch.Tensor) -> torch.Tensor:
+    """Each primitive is either drawn or not: hard 0/1 forward, sigmoid gradient backward, so no half-transparent
+    ghost can linger that the prompt never asked for."""
+    soft = torch.sigmoid(opacity)
+    return (soft > 0.5).to(soft) + soft - soft.detach()
+
+
 def straight_through_choice(logits: torch.Tensor) -> torch.Tensor:
     """One-hot of the argmax in the forward pass, the softmax's gradient in the backward pass."""
     soft = logits.softmax(-1)
@@ -155,7 +167,7 @@ class PrimitivesGenerator(Generator):
 
     def sizes(self) -> torch.Tensor:
         """Bounding-box sides as fractions of the canvas side."""
-        return MIN_SIZE + (MAX_SIZE - MIN_SIZE) * torch.sigmoid(self.size_logit)
+        return _sizes(self.size_logit)
 
     def shape_weights(self) -> torch.Tensor:
         """Straight-through one-hot shape choice: hard forward, softmax gradient backward."""
@@ -258,30 +270,34 @@ class PrimitivesGenerator(Generator):
         return min(range(len(self.search_sizes)), key=lambda k: abs(self.search_sizes[k] - size))
 
     def alphas(self) -> torch.Tensor:
-        """Each primitive is either drawn or not: hard 0/1 forward, sigmoid gradient backward, so no
-        half-transparent ghost can linger that the prompt never asked for."""
-        soft = torch.sigmoid(self.opacity)
-        return (soft > 0.5).to(soft) + soft - soft.detach()
+        """Whether each primitive is drawn (:func:`_hard_alphas`)."""
+        return _hard_alphas(self.opacity)
 
     def colours(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Background (3,) and primitive (count, 3) colours in [0, 1]."""
+        return self._colours(self.background, self.colour)
+
+    def _colours(self, background: torch.Tensor, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Background and primitive colours in [0, 1] of the background and colour parameters (any leading batch
+        dimensions)."""
         if self.palette is None:
-            return torch.sigmoid(self.background), torch.sigmoid(self.colour)
-        return self.choice(self.background) @ self.palette, self.choice(self.colour) @ self.palette
+            return torch.sigmoid(background), torch.sigmoid(colour)
+        return self.choice(background) @ self.palette, self.choice(colour) @ self.palette
 
     def coverage(self, index: int) -> torch.Tensor:
         """Soft coverage in [0, 1] of primitive ``index``, (H, W)."""
-        centre = torch.sigmoid(self.position[index])
-        size = self.sizes()[index]
+        return self._coverage(torch.sigmoid(self.position[index]), self.sizes()[index], self.shape_weights()[index])
+
+    def _coverage(self, centre: torch.Tensor, size: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Soft coverage in [0, 1] of shapes centred at ``centre`` (..., 2), of bounding-box side ``size`` (...)
+        and shape-type weights ``weights`` (..., types): (..., H, W). A hard choice weighs the types not chosen
+        exactly 0, so their terms add nothing."""
         # Work in pixels of the short side so the edge width is in pixels.
         scale = min(self.width, self.height)
-        dx = (self.grid_x - centre[0]) * self.width / scale
-        dy = (self.grid_y - centre[1]) * self.height / scale
-        weights = self.shape_weights()[index]
-        terms = list(zip(weights, SDFS))
-        if not torch.is_grad_enabled():  # a search renders hard choices: the shapes not chosen weigh 0
-            terms = [(w, sdf_fn) for w, sdf_fn in terms if w != 0]
-        sdf = sum(w * sdf_fn(dx, dy, size) for w, sdf_fn in terms)
+        dx = (self.grid_x - centre[..., 0, None, None]) * self.width / scale
+        dy = (self.grid_y - centre[..., 1, None, None]) * self.height / scale
+        size = size[..., None, None]
+        sdf = sum(weights[..., kind, None, None] * sdf_fn(dx, dy, size) for kind, sdf_fn in enumerate(SDFS))
         return torch.sigmoid(-sdf * scale / self.edge)
 
     # The parameters an image is drawn from, in the order :meth:`_draw` takes them.
@@ -307,20 +323,9 @@ class PrimitivesGenerator(Generator):
         """``forward()``'s image for a batch of parameter states (each parameter with a leading batch dimension):
         (N, 3, H, W)."""
         n = background.shape[0]
-        if self.palette is None:
-            background_rgb, colours = torch.sigmoid(background), torch.sigmoid(colour)
-        else:
-            background_rgb, colours = self.choice(background) @ self.palette, self.choice(colour) @ self.palette
-        soft = torch.sigmoid(opacity)
-        alphas = (soft > 0.5).to(soft) + soft - soft.detach()
-        size = (MIN_SIZE + (MAX_SIZE - MIN_SIZE) * torch.sigmoid(size_logit))[..., None, None]
-        centre = torch.sigmoid(position)
-        scale = min(self.width, self.height)
-        dx = (self.grid_x - centre[..., 0, None, None]) * self.width / scale  # (N, count, H, W)
-        dy = (self.grid_y - centre[..., 1, None, None]) * self.height / scale
-        weights = self.choice(shape_logits)[..., None, None]  # (N, count, shape types, 1, 1)
-        sdf = sum(weights[:, :, kind] * sdf_fn(dx, dy, size) for kind, sdf_fn in enumerate(SDFS))
-        coverage = torch.sigmoid(-sdf * scale / self.edge)
+        background_rgb, colours = self._colours(background, colour)
+        alphas = _hard_alphas(opacity)
+        coverage = self._coverage(torch.sigmoid(position), _sizes(size_logit), self.choice(shape_logits))
         image = background_rgb.view(n, 3, 1, 1).expand(n, 3, self.height, self.width)
         for index in range(self.count):
             a = (alphas[:, index, None, None] * coverage[:, index]).unsqueeze(1)
