@@ -66,6 +66,8 @@ class BenchResult:
     search_s: float = 0.0
     plain_step_s: float | None = None  # the classic preset: the plain reference loop's step
     kornia_step_s: float | None = None  # --kornia-baseline: the same step with kornia's augmentation forward
+    # --breakdown: each stage of the step beyond the floor, timed alone (see overhead_jobs)
+    overhead_parts: dict[str, float] | None = None
 
     @property
     def overhead(self) -> float:
@@ -78,6 +80,8 @@ class BenchResult:
             data["ours_vs_plain"] = self.step_s / self.plain_step_s
         if self.kornia_step_s is not None:
             data["ours_vs_kornia"] = self.step_s / self.kornia_step_s
+        if self.overhead_parts is not None:  # what the stages alone do not account for: losses, bookkeeping
+            data["overhead_rest_s"] = self.step_s - self.floor_s - sum(self.overhead_parts.values())
         if self.backend == "diffuse":
             data.pop("floor_parts", None), data.pop("search_s", None)
         return data
@@ -205,12 +209,64 @@ def floor_jobs(studio: Studio) -> dict[str, Callable[[], None]]:
     return {"clip": clip_pass, "generator": generator_pass}
 
 
+OVERHEAD_PREFIX = "part:"  # the sample names of --breakdown's jobs
+
+
+def overhead_jobs(studio: Studio) -> dict[str, Callable[[], None]]:
+    """The step's own work beyond the floor, each stage alone on this run's image and cutouts: the draw of the
+    cutouts' parameters, the views (forward+backward), each augmentation in turn on the previous one's output
+    (forward+backward), the noise and clamp (forward+backward), and the optimizer's update (on copies of the
+    parameters, so the run's own are not moved). The losses and the loop's bookkeeping are what is left."""
+    cutouts = studio.cutouts
+    image = studio.generator().detach().float()
+    params = cutouts.draw(image.shape[-2], image.shape[-1])
+    if image.shape[0] > 1:
+        params = params.tiled(image.shape[0])
+
+    def backward_through(stage: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
+        x = x.detach().clone().requires_grad_(True)
+
+        def run() -> None:
+            out = stage(x)
+            out.backward(torch.ones_like(out))
+            x.grad = None
+
+        return run
+
+    jobs = {"draw": lambda: cutouts.draw(image.shape[-2], image.shape[-1]),
+            "views": backward_through(lambda x: cutouts.views(x, params.boxes, params.same_view), image)}
+    with torch.no_grad():
+        cuts = cutouts.views(image, params.boxes, params.same_view)
+    for index, (name, aug, aug_params) in enumerate(zip(cutouts.augment_names, cutouts.augments, params.augment)):
+        key = name if name not in jobs else f"{name}.{index}"
+        jobs[key] = backward_through(lambda x, aug=aug, p=aug_params: cutouts.augment(aug, x, p), cuts)
+        with torch.no_grad():
+            cuts = cutouts.augment(aug, cuts, aug_params)
+    jobs["noise"] = backward_through(lambda x: cutouts.add_noise(x, params.noise), cuts)
+    jobs["optimizer"] = _optimizer_on_copies(studio.optimizer)
+    return jobs
+
+
+def _optimizer_on_copies(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """``optimizer``'s kind and settings stepping copies of its parameters, with small random gradients."""
+    groups = []
+    for group in optimizer.param_groups:
+        copies = [p.detach().clone().requires_grad_(True) for p in group["params"]]
+        for p in copies:
+            p.grad = torch.randn_like(p) * 1e-3
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": copies})
+    twin = type(optimizer)(groups)
+    return twin.step
+
+
 def bench_studio(config: GenerateConfig, repeat: int = 3, warmup: int = 1, clock: str = "auto",
-                 plain: bool = False, trust_checkpoint: bool = False, kornia_baseline: bool = False) -> BenchResult:
+                 plain: bool = False, trust_checkpoint: bool = False, kornia_baseline: bool = False,
+                 breakdown: bool = False) -> BenchResult:
     """Seconds per step of ``Studio.step`` (its search timed apart), against the floor; with ``plain``, the
     classic preset's plain reference loop (:class:`PlainClassicLoop`) is timed in the same rounds; with
     ``kornia_baseline``, the same studio's step with its augmentations through kornia's ``forward``
-    (``fast_augments`` off), so a run measures what the fast replay saves."""
+    (``fast_augments`` off), so a run measures what the fast replay saves; with ``breakdown``, each stage of
+    the step beyond the floor alone (:func:`overhead_jobs`), in the same rounds."""
     config = validate_config(config)
     studio = Studio(config, trust_checkpoint=trust_checkpoint)
     timer = Timer(studio.device, clock)
@@ -220,16 +276,19 @@ def bench_studio(config: GenerateConfig, repeat: int = 3, warmup: int = 1, clock
         jobs["plain"] = PlainClassicLoop.beside(studio).step
     if kornia_baseline:
         jobs["kornia_step"] = _kornia_step(studio)
+    if breakdown:
+        jobs.update({OVERHEAD_PREFIX + name: job for name, job in overhead_jobs(studio).items()})
     reset_peak_memory(studio.device)
     samples = interleaved(timer, jobs, repeat, warmup)
     median = {name: statistics.median(values) for name, values in samples.items()}
     memory, kind = peak_memory(studio.device)
+    parts = {name[len(OVERHEAD_PREFIX):]: value for name, value in median.items() if name.startswith(OVERHEAD_PREFIX)}
     return BenchResult(
         backend="generate", settings=describe(config), step_s=median["step"],
         floor_s=median["clip"] + median["generator"], peak_memory_mb=memory, memory=kind, repeat=repeat,
         clock=timer.clock, samples=samples, search_s=search_s,
         floor_parts={"clip": median["clip"], "generator": median["generator"]},
-        plain_step_s=median.get("plain"), kornia_step_s=median.get("kornia_step"),
+        plain_step_s=median.get("plain"), kornia_step_s=median.get("kornia_step"), overhead_parts=parts or None,
     )
 
 
@@ -406,6 +465,9 @@ def format_table(result: BenchResult) -> str:
         rows += [("plain_step_s", data["plain_step_s"]), ("ours_vs_plain", data["ours_vs_plain"])]
     if "kornia_step_s" in data:
         rows += [("kornia_step_s", data["kornia_step_s"]), ("ours_vs_kornia", data["ours_vs_kornia"])]
+    if "overhead_parts" in data:
+        rows += [(f"  part {name}_s", value) for name, value in data["overhead_parts"].items()]
+        rows += [("  rest_s (losses, bookkeeping)", data["overhead_rest_s"])]
     if data["backend"] == "generate":
         rows += [("search_s (not in step_s)", data["search_s"])]
     rows += [(f"peak_memory_mb ({data['memory']})", data["peak_memory_mb"]), ("repeat", data["repeat"])]

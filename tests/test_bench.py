@@ -52,6 +52,40 @@ def test_kornia_baseline_times_the_same_step_through_kornias_forward(tiny_clip, 
     assert data["ours_vs_kornia"] == pytest.approx(data["step_s"] / data["kornia_step_s"])
 
 
+def test_breakdown_times_each_stage_beyond_the_floor(tiny_clip, capsys):
+    augments = ["--augment", "affine", "--augment", "jitter-linear", "--augment", "affine"]
+    data = bench_json(["a red circle", "--clip", tiny_clip, "--size", "32", "32", "--cutn", "3",
+                       "--generator", "pixels", *augments, "--breakdown"], capsys)
+    check_schema(data, benchmark.GENERATE_KEYS)
+    parts = data["overhead_parts"]
+    assert list(parts) == ["draw", "views", "affine", "jitter-linear", "affine.2", "noise", "optimizer"]
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in parts.values())
+    assert all(len(data["samples"][f"part:{name}"]) == data["repeat"] for name in parts)
+    assert data["overhead_rest_s"] == pytest.approx(data["step_s"] - data["floor_s"] - sum(parts.values()))
+
+
+def test_breakdown_stages_leave_the_run_as_it_was(tiny_clip):
+    config = GenerateConfig(prompt="a red circle", clip=[tiny_clip], width=32, height=32, cutn=2, steps=3,
+                            generator="pixels")
+    studio = Studio(config)
+    studio.step()
+    before = [p.detach().clone() for p in studio.optimizer_params()]
+    for job in benchmark.overhead_jobs(studio).values():
+        job()
+    assert all(torch.equal(a, b) for a, b in zip(before, studio.optimizer_params()))
+    assert studio.step_index == 1
+
+
+def test_cutout_stages_compose_to_apply():
+    cut = Cutouts(16, cutn=4, cut_min=0.5)
+    image = torch.rand(1, 3, 40, 48)
+    params = cut.draw(40, 48)
+    staged = cut.views(image, params.boxes, params.same_view)
+    for aug, aug_params in zip(cut.augments, params.augment):
+        staged = cut.augment(aug, staged, aug_params)
+    assert torch.equal(cut.add_noise(staged, params.noise), cut.apply(image, params))
+
+
 def test_kornia_baseline_leaves_the_fast_path_on(tiny_clip):
     config = GenerateConfig(prompt="a red circle", clip=[tiny_clip], width=32, height=32, cutn=2, steps=3,
                             generator="pixels")

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--kornia-baseline", action="store_true",
                         help="also time the same step with the augmentations through kornia's forward "
                              "(--no-fast-augments), in the same rounds: ours_vs_kornia")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each stage of the step beyond the floor alone, in the same rounds (the "
+                             "cutouts' draw, views, each augmentation, noise, the optimizer): overhead_parts")
     parser.add_argument("--random-weights", action="store_true",
                         help="real architectures with random weights (nothing downloaded): for timing only")
     parser.add_argument("--repeat", type=int, default=3, help="timed steps (the median is reported)")
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = benchmark.bench_studio(_config(args), repeat=args.repeat, warmup=args.bench_warmup, clock=args.clock,
                                         plain=args.preset == "classic", trust_checkpoint=args.trust_checkpoint,
-                                        kornia_baseline=args.kornia_baseline)
+                                        kornia_baseline=args.kornia_baseline, breakdown=args.breakdown)
     print(json.dumps(result.to_dict(), indent=1) if args.json else benchmark.format_table(result))
     return 0
 

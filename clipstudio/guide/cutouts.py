@@ -165,13 +165,24 @@ class Cutouts(nn.Module):
     def _cut(self, image: torch.Tensor, params: CutoutParams) -> torch.Tensor:
         if image.shape[0] > 1:
             params = params.tiled(image.shape[0])
-        cuts = self._views(image, params.boxes, params.same_view)
+        cuts = self.views(image, params.boxes, params.same_view)
         for aug, aug_params in zip(self.augments, params.augment):
-            cuts = apply_augment(aug, cuts, aug_params) if self.fast else aug(cuts, params=aug_params)
-        return clamp_unit(cuts + params.noise.to(image.device))
+            cuts = self.augment(aug, cuts, aug_params)
+        return self.add_noise(cuts, params.noise)
 
-    def _views(self, image: torch.Tensor, boxes: torch.Tensor, same_view: bool) -> torch.Tensor:
-        """The un-augmented cutouts, image-major: (N * cutn, 3, size, size)."""
+    def augment(self, aug: nn.Module, cuts: torch.Tensor, aug_params: dict) -> torch.Tensor:
+        """One of this module's augmentations applied with the parameters it drew (the fast replay, or kornia's
+        ``forward`` when ``fast`` is off)."""
+        return apply_augment(aug, cuts, aug_params) if self.fast else aug(cuts, params=aug_params)
+
+    @staticmethod
+    def add_noise(cuts: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The drawn noise added, then the cutouts clamped to [0, 1]: the last stage of :meth:`apply`."""
+        return clamp_unit(cuts + noise.to(cuts.device))
+
+    def views(self, image: torch.Tensor, boxes: torch.Tensor, same_view: bool) -> torch.Tensor:
+        """The un-augmented cutouts of ``image`` (N, 3, H, W) for drawn ``boxes``, image-major:
+        (N * cutn, 3, size, size)."""
         from kornia.geometry.transform import crop_and_resize
 
         size = (self.size, self.size)
