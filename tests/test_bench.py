@@ -135,10 +135,11 @@ def test_pooled_cutouts_are_avg_plus_max_pool_of_the_whole_image():
 def test_classic_preset_runs_ours_beside_the_plain_loop(tmp_path, tiny_clip, capsys):
     ckpt, config = write_tiny_vqgan(tmp_path)
     data = bench_json(["--preset", "classic", "--clip", tiny_clip, "--size", "32", "32", "--cutn", "2",
-                       "--gen-opt", f"checkpoint={ckpt}", "--gen-opt", f"config={config}"], capsys)
+                       "--gen-opt", f"checkpoint={ckpt}", "--gen-opt", f"config={config}", "--breakdown"], capsys)
     check_schema(data, benchmark.GENERATE_KEYS)
     assert data["settings"]["cut_mode"] == "pooled" and data["settings"]["generator"] == "vqgan"
     assert data["plain_step_s"] > 0 and data["ours_vs_plain"] == pytest.approx(data["step_s"] / data["plain_step_s"])
+    assert list(data["overhead_parts"]) == ["draw", "views", *CLASSIC_AUGMENTS, "noise", "optimizer"]
 
 
 def test_plain_loop_lowers_its_loss(tmp_path, tiny_clip):

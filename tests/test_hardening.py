@@ -304,6 +304,11 @@ def test_bench_repeat_must_be_positive(repeat, tiny_clip, capsys):
     assert_one_line(["bench", "--clip", tiny_clip, *FAST, "--repeat", repeat], capsys, "--repeat")
 
 
+@pytest.mark.parametrize("flag", [["--breakdown"], ["--kornia-baseline"], ["--preset", "classic"]])
+def test_bench_generate_flags_are_refused_for_the_diffuse_backend(flag, capsys):
+    assert_one_line(["bench", "--backend", "diffuse", *flag], capsys, f"{flag[0]} times generate's step")
+
+
 def _run_state(tmp_path, tiny_clip, capsys) -> tuple[Path, list]:
     ckpt, out = tmp_path / "run.pt", tmp_path / "o.png"
     argv = ["generate", "a red circle", "--clip", tiny_clip, *FAST, "--checkpoint", ckpt, "-o", out]

@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise ClipstudioError(f"--repeat must be at least 1 and --warmup at least 0, got {args.repeat}, {args.bench_warmup}")
     if not 0 <= args.threads <= 1024:
         raise ClipstudioError(f"--threads must be between 0 (torch's default) and 1024, got {args.threads}")
+    generate_only = [flag for flag, given in (("--preset", args.preset), ("--kornia-baseline", args.kornia_baseline),
+                                              ("--breakdown", args.breakdown)) if given]
+    if args.backend == "diffuse" and generate_only:
+        raise ClipstudioError(f"{generate_only[0]} times generate's step; it does not apply to --backend diffuse")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.backend == "diffuse":
