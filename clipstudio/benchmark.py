@@ -218,7 +218,8 @@ def overhead_jobs(studio: Studio) -> dict[str, Callable[[], None]]:
     (forward+backward), the noise and clamp (forward+backward), and the optimizer's update (on copies of the
     parameters, so the run's own are not moved). The losses and the loop's bookkeeping are what is left."""
     cutouts = studio.cutouts
-    image = studio.generator().detach().float()
+    with torch.no_grad():
+        image = studio.generator().float()
     params = cutouts.draw(image.shape[-2], image.shape[-1])
     if image.shape[0] > 1:
         params = params.tiled(image.shape[0])
